@@ -1,0 +1,5 @@
+"""launch: see the package modules."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,5 @@
+import sys
+
+from pah.cli import main
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""Split-MNIST and Split-Fashion-MNIST (5 tasks x 2 classes) from the IDX files.
+
+Looks in data.root, $PAH_DATA_DIR, ~/.cache/pah/data (each with or without a
+``fashion-mnist/``, ``FashionMNIST/raw`` or ``MNIST/raw`` folder), and for Fashion-MNIST
+where Debian's ``dataset-fashion-mnist`` package installs it. With data.download=true,
+torchvision downloads the files when they are missing.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from pah.data.base import BENCHMARKS, Arrays, Benchmark, Shape, data_roots
+from pah.errors import UserError
+
+FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): magic, dims, then big-endian data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise UserError(f"{path}: not an IDX file (bad magic number)")
+    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.get(raw[2])
+    if dtype is None:
+        raise UserError(f"{path}: unknown IDX data type 0x{raw[2]:02x}")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise UserError(f"{path}: truncated IDX file ({data.size} values, header says {dims})")
+    return data.reshape(dims)
+
+
+class _IdxBenchmark(Benchmark):
+    subdirs: tuple[str, ...]
+    system_dirs: tuple[str, ...] = ()
+    torchvision_class: str
+
+    def _find(self, cfg) -> tuple[Path | None, list[Path]]:
+        looked = []
+        for root in data_roots(cfg, *self.system_dirs):
+            for sub in ("", *self.subdirs):
+                d = root / sub if sub else root
+                looked.append(d)
+                if all((d / n).exists() or (d / (n + ".gz")).exists() for n in FILES.values()):
+                    return d, looked
+        return None, looked
+
+    def load(self, cfg, seed):
+        d, looked = self._find(cfg)
+        if d is None and cfg.download:
+            import torchvision
+
+            root = data_roots(cfg)[0]
+            getattr(torchvision.datasets, self.torchvision_class)(str(root), train=True, download=True)
+            getattr(torchvision.datasets, self.torchvision_class)(str(root), train=False, download=True)
+            d, looked = self._find(cfg)
+        if d is None:
+            raise self.missing(looked)
+        arr = {}
+        for key, n in FILES.items():
+            p = d / n if (d / n).exists() else d / (n + ".gz")
+            arr[key] = read_idx(p)
+        x_train, x_test = arr["x_train"][:, None], arr["x_test"][:, None]
+        return Arrays(x_train, arr["y_train"].astype(np.int64), x_test, arr["y_test"].astype(np.int64))
+
+
+@BENCHMARKS.register("split-mnist")
+class SplitMNIST(_IdxBenchmark):
+    name = "split-mnist"
+    shape = Shape(num_tasks=5, classes_per_task=2, channels=1, image_size=28, mean=(0.1307,), std=(0.3081,))
+    subdirs = ("mnist", "MNIST/raw")
+    torchvision_class = "MNIST"
+    how_to_get = "Put the four MNIST IDX files (train-images-idx3-ubyte.gz, ...) there, set PAH_DATA_DIR, or add --set data.download=true (needs network)."
+
+
+@BENCHMARKS.register("split-fashion-mnist")
+class SplitFashionMNIST(_IdxBenchmark):
+    name = "split-fashion-mnist"
+    shape = Shape(num_tasks=5, classes_per_task=2, channels=1, image_size=28, mean=(0.2860,), std=(0.3530,))
+    subdirs = ("fashion-mnist", "FashionMNIST/raw")
+    system_dirs = ("/usr/share/datasets/fashion-mnist",)
+    torchvision_class = "FashionMNIST"
+    how_to_get = (
+        "On Debian/Ubuntu: apt-get install dataset-fashion-mnist; or put the four IDX files there, "
+        "set PAH_DATA_DIR, or add --set data.download=true (needs network)."
+    )

@@ -1,0 +1,54 @@
+"""Learning without Forgetting (Li & Hoiem 2017), multi-head.
+
+Loss = CE on the current task + ``lambda_kd`` * tau^2 * KL(previous model || model)
+on the logits of every old task's head, for the current batch. One teacher backbone
+pass per batch, whatever the number of old tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pah.config import MethodParams
+from pah.methods.base import METHODS, Batch, kl_distill
+from pah.methods.finetune import Finetune
+from pah.models.heads import apply_heads
+
+
+@dataclass(frozen=True)
+class LwFParams(MethodParams):
+    name: str = "lwf"
+    lambda_kd: float = 1.0
+    temperature: float = 2.0
+
+
+def old_task_distillation(method, batch: Batch, all_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL between the teacher's and the student's logits on the old tasks' heads (one teacher pass)."""
+    teacher = method.teacher
+    with torch.no_grad():
+        W, b = teacher.cached_old_heads
+        old_t = apply_heads(teacher.backbone(batch.x), W, b)
+    return kl_distill(all_logits[:, : batch.task], old_t, temperature)
+
+
+@METHODS.register("lwf")
+class LwF(Finetune):
+    Params = LwFParams
+    uses_teacher = True
+
+    def begin_task(self, task, data, norm):
+        super().begin_task(task, data, norm)
+        if self.teacher is not None:
+            with torch.no_grad():  # the teacher is frozen: its old heads are constants for the whole task
+                self.teacher.cached_old_heads = self.teacher.heads.heads(range(task))
+
+    def loss(self, batch):
+        all_logits = self.all_logits(batch.x, batch.task)
+        ce = F.cross_entropy(self.pick(all_logits, batch.task_ids).float(), batch.y)
+        if self.teacher is None:
+            return ce, {"ce": ce.detach()}
+        kd = old_task_distillation(self, batch, all_logits, self.params.temperature)
+        return ce + self.params.lambda_kd * kd, {"ce": ce.detach(), "kd": kd.detach()}

@@ -1,0 +1,290 @@
+"""One trial: the whole task sequence, evaluation after every task, a checkpoint after every task.
+
+``run_trial`` reads top to bottom: build data and model, resume if a checkpoint exists,
+then per task: begin, train (the hot loop), end, evaluate, checkpoint, report. The hot
+loop keeps everything on the device: uint8 data, on-device normalisation and
+augmentation, and no host sync except one non-finite check every ``check_every`` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import platform
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pah import metrics
+from pah.config import Config, config_id
+from pah.data import BENCHMARKS, TaskData, build_tasks, normalizer, random_crop_flip, to_float
+from pah.errors import UserError
+from pah.io import atomic_torch_save, atomic_write_json, read_json
+from pah.methods import METHODS, Batch, Method
+from pah.models import build_backbone
+
+__all__ = ["run_trial", "TaskReport", "NonFiniteLoss", "resolve_device", "evaluate", "train_step", "CHECKPOINT"]
+
+#: where a trial keeps its last task checkpoint, relative to its --out directory
+CHECKPOINT = Path("checkpoint") / "state.pt"
+RESULT = "result.json"
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the trial stops (exit code 1) naming where."""
+
+
+@dataclass
+class TaskReport:
+    """What a trial knows after finishing a task: handed to ``on_task_end`` (e.g. Ray Tune)."""
+
+    task: int  # 0-based index of the task just finished
+    num_tasks: int
+    acc_matrix: list[list[float | None]]
+    val_matrix: list[list[float | None]]
+    metrics: dict[str, float] = field(default_factory=dict)
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint_dir: Path | None = None
+    train_seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: expected cpu, cuda or auto")
+    return torch.device(name)
+
+
+def _task_seed(seed: int, task: int) -> int:
+    """Every task starts from RNG states derived from (seed, task): resuming is exact by construction."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{task}".encode()).digest()[:7], "big")
+
+
+def _precision(cfg: Config, device: torch.device):
+    use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def build_optimizer(method: Method, cfg: Config) -> torch.optim.Optimizer:
+    groups = method.param_groups(cfg.train)
+    if cfg.train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.train.lr)
+
+
+def train_step(method: Method, optimizer: torch.optim.Optimizer, batch: Batch, autocast) -> torch.Tensor:
+    """Forward, backward, update. Returns the loss as a device tensor (never synced here)."""
+    with autocast():
+        loss, _ = method.loss(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate(method: Method, tasks: list[TaskData], split: str, norm, batch_size: int, autocast) -> list[float]:
+    """Accuracy on each given task with its own head (task-incremental); one host sync in all."""
+    was_training = method.training
+    method.eval()
+    correct, totals = [], []
+    for d in tasks:
+        x_all, y_all = getattr(d, f"x_{split}"), getattr(d, f"y_{split}")
+        c = torch.zeros((), dtype=torch.long, device=y_all.device)
+        for i in range(0, len(y_all), batch_size):
+            with autocast():
+                logits = method.logits(to_float(x_all[i : i + batch_size], *norm), d.task)
+            c += (logits.argmax(1) == y_all[i : i + batch_size]).sum()
+        correct.append(c)
+        totals.append(max(len(y_all), 1))
+    method.train(was_training)
+    return [int(c) / n for c, n in zip(torch.stack(correct).tolist(), totals, strict=True)] if correct else []
+
+
+def _env(device: torch.device) -> dict[str, Any]:
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device.type,
+        "hostname": socket.gethostname(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _pad(rows: list[list[float]], T: int) -> list[list[float | None]]:
+    return [row + [None] * (T - len(row)) for row in rows]
+
+
+def run_trial(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    device: str = "auto",
+    on_task_end: Callable[[TaskReport], None] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``cfg`` through its whole task sequence in ``out_dir``; resume from its last checkpoint."""
+    out = Path(out_dir)
+    dev = resolve_device(device)
+    cid = config_id(cfg)
+    if (out / RESULT).exists():  # finished already: idempotent, nothing to train
+        done = read_json(out / RESULT)
+        if done.get("config_id") == cid and done.get("seed") == cfg.seed:
+            return done
+        raise UserError(f"--out {out}: holds the result of another config ({done.get('config_id')}, seed {done.get('seed')})")
+
+    # ---- data on the device, model, optimiser (all before anything is written)
+    bench = BENCHMARKS.get(cfg.data.name)()
+    shape = bench.resolved_shape(cfg.data)
+    tasks = build_tasks(bench.load(cfg.data, cfg.seed), shape, cfg.data, cfg.seed, dev)
+    norm = normalizer(shape, dev)
+    torch.manual_seed(cfg.seed)
+    method = METHODS.get(cfg.method.name)(cfg.method, shape, build_backbone(cfg.model.backbone, shape.channels, cfg.model.pretrained))
+    method.to(dev)
+    if dev.type == "cuda":
+        method.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+        if cfg.train.compile:
+            method.backbone.compile()
+    optimizer = build_optimizer(method, cfg)
+    autocast = _precision(cfg, dev)
+    T = shape.num_tasks
+
+    # ---- resume from the last finished task, if any
+    acc_rows: list[list[float]] = []
+    val_rows: list[list[float]] = []
+    timing = {"train_seconds": 0.0, "images": 0}
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        if state["config_id"] != cid or state["seed"] != cfg.seed:
+            raise UserError(f"--out {out}: its checkpoint belongs to another config ({state['config_id']}, seed {state['seed']})")
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        acc_rows, val_rows, timing = state["acc_rows"], state["val_rows"], state["timing"]
+    out.mkdir(parents=True, exist_ok=True)
+
+    for t in range(len(acc_rows), T):
+        # ---- begin task: per-task RNG, method hook (teacher snapshot, prototype init)
+        torch.manual_seed(_task_seed(cfg.seed, t))
+        gen = torch.Generator(device=dev).manual_seed(_task_seed(cfg.seed, t))
+        method.train()
+        method.begin_task(t, tasks[t], norm)
+        x_all, y_all, ids_all = method.train_data(t, tasks)
+        n = len(y_all)
+        bs = min(cfg.train.batch_size, n)
+        steps = n // bs  # full batches only: one shape for every step (cudnn, compile)
+        total = steps * cfg.train.epochs_per_task
+        first_bad = torch.full((), -1, dtype=torch.long, device=dev)
+        counter = torch.zeros((), dtype=torch.long, device=dev)
+        bar = _progress(progress, total, f"task {t + 1}/{T}")
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+
+        # ---- the hot loop
+        for epoch in range(cfg.train.epochs_per_task):
+            perm = torch.randperm(n, device=dev, generator=gen)
+            for step in range(steps):
+                idx = perm[step * bs : (step + 1) * bs]
+                x = to_float(x_all[idx], *norm)
+                if shape.augment:
+                    x = random_crop_flip(x, gen)
+                if dev.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                loss = train_step(method, optimizer, Batch(x, y_all[idx], ids_all[idx], t, gen), autocast)
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), counter, first_bad)
+                counter += 1
+                done = epoch * steps + step + 1
+                if done % cfg.train.check_every == 0 or done == total:  # the only host sync
+                    _check_finite(first_bad, t, T, steps)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        timing["train_seconds"] += time.perf_counter() - t0
+        timing["images"] += total * bs
+
+        # ---- end task, evaluate every seen task, checkpoint, report
+        method.end_task(t, tasks[t], norm)
+        acc_rows.append(evaluate(method, tasks[: t + 1], "test", norm, cfg.train.eval_batch_size, autocast))
+        val_rows.append(evaluate(method, tasks[: t + 1], "val", norm, cfg.train.eval_batch_size, autocast))
+        atomic_torch_save(
+            ckpt_path,
+            {
+                "schema": 1,
+                "config_id": cid,
+                "seed": cfg.seed,
+                "config": cfg.to_dict(),
+                "model": method.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "acc_rows": acc_rows,
+                "val_rows": val_rows,
+                "timing": timing,
+            },
+        )
+        if on_task_end is not None:
+            on_task_end(
+                TaskReport(
+                    task=t,
+                    num_tasks=T,
+                    acc_matrix=_pad(acc_rows, T),
+                    val_matrix=_pad(val_rows, T),
+                    metrics=metrics.summarize(acc_rows),
+                    val_metrics=metrics.summarize(val_rows) if any(len(d.y_val) for d in tasks) else {},
+                    checkpoint_dir=ckpt_path.parent,
+                    train_seconds=timing["train_seconds"],
+                )
+            )
+
+    result = {
+        "schema": 1,
+        "method": cfg.method.name,
+        "dataset": cfg.data.name,
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "config_id": cid,
+        "acc_matrix": _pad(acc_rows, T),
+        "val_matrix": _pad(val_rows, T),
+        "metrics": metrics.summarize(acc_rows),
+        "val_metrics": metrics.summarize(val_rows) if any(len(d.y_val) for d in tasks) else None,
+        "timing": {
+            "train_seconds": round(timing["train_seconds"], 3),
+            "images_per_second": round(timing["images"] / max(timing["train_seconds"], 1e-9), 1),
+        },
+        "env": _env(dev),
+    }
+    atomic_write_json(out / RESULT, result)
+    return result
+
+
+def _check_finite(first_bad: torch.Tensor, t: int, T: int, steps: int) -> None:
+    bad = int(first_bad)
+    if bad >= 0:
+        epoch, step = divmod(bad, steps)
+        raise NonFiniteLoss(f"non-finite loss at task {t + 1}/{T}, epoch {epoch + 1}, step {step + 1}")
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr, dynamic_ncols=True)
