@@ -36,7 +36,7 @@ def forgetting(R: AccMatrix) -> float:
     T = _rows(R)
     if T == 1:
         return 0.0
-    drops = [max(float(R[l][j]) for l in range(j, T - 1)) - float(R[T - 1][j]) for j in range(T - 1)]  # type: ignore[arg-type]
+    drops = [max(float(R[k][j]) for k in range(j, T - 1)) - float(R[T - 1][j]) for j in range(T - 1)]  # type: ignore[arg-type]
     return sum(drops) / (T - 1)
 
 
