@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     resolve_device(args.device)  # fail before anything is written
     out = args.out or Path("runs") / "train" / f"{Path(source).stem}-s{cfg.seed}-{config_id(cfg)}"
-    print(f"out: {out}", file=sys.stderr)
+    print(f"out: {out}", flush=True)
     result = run_trial(cfg, out, device=args.device, progress=not args.no_progress and sys.stderr.isatty())
     m = result["metrics"]
     print(

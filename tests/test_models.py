@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from pah.config import load_config
+from pah.data import BENCHMARKS, build_tasks, normalizer, to_float
+from pah.methods import METHODS, Batch
+from pah.models import build_backbone
+from pah.models.heads import HyperHeads, StaticHeads
+
+
+@pytest.mark.parametrize(
+    "name, channels, size, dim",
+    [("small-cnn", 1, 8, 128), ("reduced-resnet18", 3, 32, 160), ("resnet18-cifar", 3, 32, 512), ("resnet18", 1, 28, 512), ("mobilenetv2", 3, 32, 1280)],
+)
+def test_backbones_map_images_to_features(name, channels, size, dim):
+    net = build_backbone(name, channels)
+    assert net.out_dim == dim
+    assert net(torch.randn(2, channels, size, size)).shape == (2, dim)
+
+
+def test_hypernetwork_emits_one_head_per_task_in_one_call():
+    conds = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(10, 1, 5, 5)) for _ in range(4))
+    heads = HyperHeads(conds, classes=10, dim=64, hidden=16, layers=1)
+    W, b = heads.heads(range(3))
+    assert W.shape == (3, 10, 64) and b.shape == (3, 10)
+    # the head of a task depends on that task's prototypes only
+    W2, _ = heads.heads([0, 1, 2, 3])
+    torch.testing.assert_close(W2[:3], W)
+    assert heads.hnet.body[0].in_features == 10 * 1 * 5 * 5
+
+
+def test_static_heads_keep_unused_heads_out_of_the_gradient():
+    heads = StaticHeads(3, 2, 4)
+    W, b = heads.heads([1])
+    (W.sum() + b.sum()).backward()
+    assert heads.weight[0].grad is None and heads.weight[1].grad is not None
+
+
+def _method_on_digits(name, overrides=()):
+    cfg = load_config(f"split-digits-{name}", list(overrides))
+    bench = BENCHMARKS.get("split-digits")()
+    shape = bench.resolved_shape(cfg.data)
+    tasks = build_tasks(bench.load(cfg.data, 0), shape, cfg.data, 0, torch.device("cpu"))
+    method = METHODS.get(name)(cfg.method, shape, build_backbone(cfg.model.backbone, shape.channels))
+    return method, tasks, normalizer(shape, torch.device("cpu"))
+
+
+def _count_calls(module):
+    calls = []
+    module.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    return calls
+
+
+@pytest.mark.parametrize("name", ["pah", "hnet", "lwf"])
+def test_one_student_and_one_teacher_pass_per_batch_whatever_the_task(name):
+    method, tasks, norm = _method_on_digits(name)
+    g = torch.Generator().manual_seed(0)
+    for t in range(4):
+        method.begin_task(t, tasks[t], norm)
+        student = _count_calls(method.backbone)
+        teacher = _count_calls(method.teacher.backbone) if method.teacher is not None else []
+        x = to_float(tasks[t].x_train[:16], *norm)
+        y = tasks[t].y_train[:16]
+        loss, parts = method.loss(Batch(x, y, torch.full_like(y, t), t, g))
+        assert torch.isfinite(loss)
+        assert len(student) == 1
+        assert len(teacher) == (1 if t > 0 else 0)
+        if name == "pah":
+            # batch + current prototypes + a fixed-size sample of old prototypes: flat in t
+            assert student[0] == 16 + 2 + (2 if t > 0 else 0)
+            assert set(parts) == ({"ce", "proto_ce", "kd", "proto_kd"} if t > 0 else {"ce", "proto_ce"})
+        method.end_task(t, tasks[t], norm)
+
+
+def test_pah_prototypes_start_from_the_held_out_image():
+    method, tasks, norm = _method_on_digits("pah", ["method.prototype_size=8"])
+    method.begin_task(0, tasks[0], norm)
+    expected = to_float(tasks[0].x_proto, *norm)  # 8x8 digits at prototype size 8: the image itself
+    torch.testing.assert_close(method.heads.conditions[0].detach(), expected)
+    # old prototypes are frozen once their task is over
+    method.begin_task(1, tasks[1], norm)
+    assert not method.heads.conditions[0].requires_grad and method.heads.conditions[1].requires_grad
+
+
+def test_teacher_is_frozen_and_not_saved():
+    method, tasks, norm = _method_on_digits("lwf")
+    method.begin_task(1, tasks[1], norm)
+    assert method.teacher is not None
+    assert all(not p.requires_grad for p in method.teacher.parameters())
+    assert not any(k.startswith("teacher") for k in method.state_dict())

@@ -1,0 +1,102 @@
+"""`pah train` end to end, through the real command line in subprocesses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import run_pah
+
+
+def test_train_split_digits_pah_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    r = run_pah("train", "split-digits-pah", "--out", str(out), timeout=120)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "result.json").read_text())
+    assert res["schema"] == 1 and res["method"] == "pah" and res["dataset"] == "split-digits" and res["seed"] == 0
+    R = res["acc_matrix"]
+    assert len(R) == 5 and all(len(row) == 5 for row in R)
+    assert all(R[i][j] is None for i in range(5) for j in range(i + 1, 5))
+    assert res["metrics"]["avg_acc"] == pytest.approx(sum(R[4]) / 5)
+    assert res["metrics"]["avg_acc"] > 0.9  # digits are easy: a broken method would not get there
+    assert res["config"]["method"]["name"] == "pah" and len(res["config_id"]) == 12
+    assert res["timing"]["images_per_second"] > 0 and res["env"]["device"] == "cpu"
+    assert "ACC" in r.stdout
+
+
+def _rows_in_checkpoint(path):
+    try:
+        return len(torch.load(path, weights_only=False)["acc_rows"])
+    except Exception:  # not there yet
+        return 0
+
+
+def test_killed_run_resumes_to_the_same_matrix(tmp_path):
+    args = ["train", "split-digits-pah", "--set", "train.epochs_per_task=30", "--no-progress"]
+    ref = run_pah(*args, "--out", str(tmp_path / "ref"), timeout=300)
+    assert ref.returncode == 0, ref.stderr
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "pah", *args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while _rows_in_checkpoint(out / "checkpoint" / "state.pt") < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "result.json").exists(), "the run finished before it could be killed"
+    done = _rows_in_checkpoint(out / "checkpoint" / "state.pt")
+    assert 2 <= done < 5
+
+    resumed = run_pah(*args, "--out", str(out), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "ref" / "result.json").read_text())
+    b = json.loads((out / "result.json").read_text())
+    assert b["acc_matrix"] == a["acc_matrix"]
+    assert b["metrics"] == a["metrics"]
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["split-digits-nope"], "split-digits-nope"),
+        (["split-digits-pah", "--set", "method.name=nope"], "unknown method 'nope'"),
+        (["split-digits-pah", "--set", "data.name=imagenet"], "unknown dataset 'imagenet'"),
+        (["split-digits-pah", "--set", "train.nope=1"], "unknown key train.nope"),
+        (["split-digits-pah", "--set", "train.batch_size=big"], "train.batch_size: expected int"),
+        (["split-digits-pah", "--device", "cuda"] if not torch.cuda.is_available() else ["split-digits-pah", "--device", "tpu"], "--device"),
+        (["split-cifar100-finetune", "--set", "model.pretrained=false"], "dataset 'split-cifar100' not found; looked in"),
+    ],
+)
+def test_bad_input_exits_2_with_one_error_line_and_writes_nothing(tmp_path, args, field):
+    out = tmp_path / "out"
+    r = run_pah("train", *args, "--out", str(out), env={"PAH_DATA_DIR": str(tmp_path / "data"), "HOME": str(tmp_path)})
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and field in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_non_finite_loss_stops_with_task_epoch_and_step(tmp_path):
+    # SGD at lr 1e30 overflows the weights on the first step; the check runs every 100 steps
+    # (no per-step host sync) but still names the first bad step
+    r = run_pah("train", "split-digits-finetune", "--set", "train.optimizer=sgd", "--set", "train.lr=1e30",
+                "--set", "train.head_lr=1e30", "--out", str(tmp_path / "o"), "--no-progress")
+    assert r.returncode == 1
+    assert "non-finite loss at task 1/5, epoch 1, step 2" in r.stderr.splitlines()[-1]
+    assert not (tmp_path / "o" / "result.json").exists()
+
+
+def test_finished_trial_is_not_trained_again(tmp_path):
+    out = tmp_path / "o"
+    args = ["train", "split-digits-finetune", "--set", "train.epochs_per_task=1", "--out", str(out)]
+    assert run_pah(*args).returncode == 0
+    mtime = (out / "result.json").stat().st_mtime_ns
+    again = run_pah(*args)
+    assert again.returncode == 0 and (out / "result.json").stat().st_mtime_ns == mtime
+    other = run_pah("train", "split-digits-finetune", "--set", "seed=5", "--out", str(out))
+    assert other.returncode == 2 and "holds the result of another config" in other.stderr
