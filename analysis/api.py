@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TextIO
 
 from analysis.load import Results, load_results
 from analysis.report import check_format, render
@@ -41,16 +40,16 @@ def summarize_dirs(
     fmt: str = "table",
     *,
     baseline: str | None = None,
-    stderr: TextIO | None = sys.stderr,
+    quiet: bool = False,
 ) -> str:
     """The seed-averaged table of every result.json under ``paths`` as text in format ``fmt``.
 
-    Skipped files and small groups are reported on ``stderr`` (pass None for silence).
+    Skipped files and groups with fewer than 3 seeds are reported on stderr unless ``quiet``.
     Raises :class:`pah.errors.UserError` for a missing path, no results, an unknown field or format.
     """
     check_format(fmt)
     results, summary = analyze(paths, by=by, baseline=baseline)
-    if stderr is not None:
+    if not quiet:
         for line in notes(results, summary):
-            print(line, file=stderr)
+            print(line, file=sys.stderr)
     return render(summary, fmt)

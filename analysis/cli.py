@@ -26,6 +26,7 @@ from pah.io import atomic_write_bytes
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    p.epilog = __doc__.split("\n\n", 1)[1]  # the description's details and the examples
     p.add_argument("dirs", nargs="*", metavar="DIR", help="sweep, experiment or trial directories (or result.json files)")
     p.add_argument("--by", metavar="FIELD,...", help="group by these fields (default: config_id, shown with method and dataset); "
                    "any result field, e.g. method,dataset or a config key such as train.lr")

@@ -116,6 +116,7 @@ def _heatmap(R: np.ndarray, title: str) -> Figure:
 
 
 def _task_curves(stack: np.ndarray, title: str) -> Figure:
+    import numpy as np
     from matplotlib.figure import Figure
 
     T = stack.shape[1]
@@ -126,13 +127,13 @@ def _task_curves(stack: np.ndarray, title: str) -> Figure:
         x = list(range(j + 1, T + 1))
         m, h = mean[j:, j], ci[j:, j]
         (line,) = ax.plot(x, m, marker="o", ms=3, label=f"task {j + 1}")
-        ax.fill_between(x, m - h, m + h, color=line.get_color(), alpha=0.2, lw=0)
+        ax.fill_between(x, np.clip(m - h, 0, 100), np.clip(m + h, 0, 100), color=line.get_color(), alpha=0.2, lw=0)
     ax.set_xticks(range(1, T + 1))
     ax.set_xlabel("tasks trained")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title + f"\nmean over {stack.shape[0]} seed(s), band: 95% CI", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if T > 6 else 1, loc="lower left")
+    ax.legend(fontsize=7, ncol=2 if T > 6 else 1, loc="best")
     return fig
 
 
@@ -150,7 +151,7 @@ def _avg_curves(stacks: list[tuple[str, np.ndarray]]) -> Figure:
         m, h = _mean_ci(seen)
         x = np.arange(1, T + 1)
         (line,) = ax.plot(x, m, marker="o", ms=3, label=label)
-        ax.fill_between(x, m - h, m + h, color=line.get_color(), alpha=0.2, lw=0)
+        ax.fill_between(x, np.clip(m - h, 0, 100), np.clip(m + h, 0, 100), color=line.get_color(), alpha=0.2, lw=0)
     ax.set_xticks(range(1, T_max + 1))
     ax.set_xlabel("tasks trained")
     ax.set_ylabel("average accuracy over tasks seen (%)")
