@@ -321,3 +321,42 @@ def test_plots_without_optuna_db_and_with_grouping(tmp_path, capsys):
     assert main(["analyze", str(root), "--by", "method", "--plots", str(figs), "--format", "md"]) == 0
     names = {p.name for p in figs.iterdir()}
     assert "acc_matrix_pah.png" in names and not any(n.startswith("optuna") for n in names)
+
+
+# ---- W&B runs, through a stand-in for wandb's public API (no network in tests)
+
+
+def test_wandb_runs_are_loaded_with_local_results(tmp_path, capsys, monkeypatch):
+    import sys
+    import types
+
+    local = write_result(tmp_path / "local", method="pah", config_id="abc", seed=0, R=matrix())
+    remote = [write_result(tmp_path / "tmp" / str(s), method="pah", config_id="abc", seed=s, R=matrix()) for s in (1, 2)]
+
+    class Run:
+        def __init__(self, i, summary):
+            self.id, self.summary = f"run{i}", summary
+
+        def file(self, name):
+            raise KeyError(name)  # nothing uploaded: the summary carries the result
+
+    runs = [Run(i, {"result": obj}) for i, obj in enumerate(remote)] + [Run(9, {"loss": 0.1})]
+    fake = types.SimpleNamespace(Api=lambda: types.SimpleNamespace(runs=lambda project: runs))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+
+    rc, stdout, err = run_cli(capsys, str(tmp_path / "local"), "--wandb", "me/cl", "--format", "json")
+    assert rc == 0, err
+    (row,) = json.loads(stdout)
+    assert row["n"] == 3 and close(row["avg_acc_mean"], expected([local, *remote], "avg_acc")["mean"])
+    rc, _, err = run_cli(capsys, "--wandb", "not a project")
+    assert rc == 2 and err.startswith("error: --wandb")
+
+
+def test_result_file_path_and_baseline_by_label(sweep, capsys):
+    root, written = sweep
+    one = next(root.rglob("result.json"))
+    rc, stdout, _ = run_cli(capsys, str(one), "--format", "json")
+    assert rc == 0 and json.loads(stdout)[0]["n"] == 1
+    rc, stdout, _ = run_cli(capsys, str(root), "--baseline", "pah / split-digits / bbb222", "--format", "json")
+    rows = {r["config_id"]: r for r in json.loads(stdout)}
+    assert rc == 0 and rows["bbb222"]["avg_acc_p"] is None and rows["aaa111"]["avg_acc_p"] is not None
