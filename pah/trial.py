@@ -29,7 +29,7 @@ from pah.io import atomic_torch_save, atomic_write_json, read_json
 from pah.methods import METHODS, Batch, Method
 from pah.models import build_backbone
 
-__all__ = ["run_trial", "TaskReport", "NonFiniteLoss", "resolve_device", "evaluate", "train_step", "CHECKPOINT"]
+__all__ = ["run_trial", "TaskReport", "NonFiniteLoss", "resolve_device", "evaluate", "make_batch", "train_step", "build_model", "CHECKPOINT"]
 
 #: where a trial keeps its last task checkpoint, relative to its --out directory
 CHECKPOINT = Path("checkpoint") / "state.pt"
@@ -76,11 +76,34 @@ def _precision(cfg: Config, device: torch.device):
     return contextlib.nullcontext
 
 
+def build_model(cfg: Config, shape, dev: torch.device) -> Method:
+    """The method (backbone + heads) on ``dev``, initialised from ``cfg.seed``; channels_last and compile on CUDA."""
+    torch.manual_seed(cfg.seed)
+    backbone = build_backbone(cfg.model.backbone, shape.channels, cfg.model.pretrained)
+    method = METHODS.get(cfg.method.name)(cfg.method, shape, backbone).to(dev)
+    if dev.type == "cuda":
+        method.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+        if cfg.train.compile:
+            method.backbone.compile()
+    return method
+
+
 def build_optimizer(method: Method, cfg: Config) -> torch.optim.Optimizer:
     groups = method.param_groups(cfg.train)
     if cfg.train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum)
     return torch.optim.AdamW(groups, lr=cfg.train.lr)
+
+
+def make_batch(x_all, y_all, ids_all, idx, task: int, gen: torch.Generator, norm, augment: bool) -> Batch:
+    """Gather, normalise and augment one batch on the device (no host round trip)."""
+    x = to_float(x_all[idx], *norm)
+    if augment:
+        x = random_crop_flip(x, gen)
+    if x.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return Batch(x, y_all[idx], ids_all[idx], task, gen, None if augment else idx)
 
 
 def train_step(method: Method, optimizer: torch.optim.Optimizer, batch: Batch, autocast) -> torch.Tensor:
@@ -151,14 +174,7 @@ def run_trial(
     shape = bench.resolved_shape(cfg.data)
     tasks = build_tasks(bench.load(cfg.data, cfg.seed), shape, cfg.data, cfg.seed, dev)
     norm = normalizer(shape, dev)
-    torch.manual_seed(cfg.seed)
-    method = METHODS.get(cfg.method.name)(cfg.method, shape, build_backbone(cfg.model.backbone, shape.channels, cfg.model.pretrained))
-    method.to(dev)
-    if dev.type == "cuda":
-        method.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
-        if cfg.train.compile:
-            method.backbone.compile()
+    method = build_model(cfg, shape, dev)
     optimizer = build_optimizer(method, cfg)
     autocast = _precision(cfg, dev)
     T = shape.num_tasks
@@ -182,7 +198,8 @@ def run_trial(
         torch.manual_seed(_task_seed(cfg.seed, t))
         gen = torch.Generator(device=dev).manual_seed(_task_seed(cfg.seed, t))
         method.train()
-        method.begin_task(t, tasks[t], norm)
+        with autocast():
+            method.begin_task(t, tasks[t], norm)
         x_all, y_all, ids_all = method.train_data(t, tasks)
         n = len(y_all)
         bs = min(cfg.train.batch_size, n)
@@ -199,13 +216,8 @@ def run_trial(
         for epoch in range(cfg.train.epochs_per_task):
             perm = torch.randperm(n, device=dev, generator=gen)
             for step in range(steps):
-                idx = perm[step * bs : (step + 1) * bs]
-                x = to_float(x_all[idx], *norm)
-                if shape.augment:
-                    x = random_crop_flip(x, gen)
-                if dev.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                loss = train_step(method, optimizer, Batch(x, y_all[idx], ids_all[idx], t, gen), autocast)
+                batch = make_batch(x_all, y_all, ids_all, perm[step * bs : (step + 1) * bs], t, gen, norm, shape.augment)
+                loss = train_step(method, optimizer, batch, autocast)
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), counter, first_bad)
                 counter += 1
                 done = epoch * steps + step + 1

@@ -33,6 +33,8 @@ class Batch:
     task_ids: torch.Tensor  # the task of each sample (all equal, except for joint training)
     task: int  # the task being learned
     generator: torch.Generator
+    #: positions of the samples in the task's training data (lets a method use per-sample caches)
+    index: torch.Tensor | None = None
 
 
 def kl_distill(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import nn
 
 from pah.config import MethodParams
 from pah.methods.base import METHODS, Method
-from pah.methods.lwf import old_task_distillation
+from pah.methods.lwf import cache_teacher, old_task_distillation
 from pah.models.heads import HyperHeads
 
 
@@ -48,7 +48,7 @@ class HNet(Method):
         super().begin_task(task, data, norm)
         if self.teacher is not None:
             with torch.no_grad():  # one batched hypernetwork call for all old heads, constant for the task
-                self.teacher.cached_old_heads = self.teacher.heads.heads(range(task))
+                cache_teacher(self, task, data, norm)
 
     def loss(self, batch):
         all_logits = self.all_logits(batch.x, batch.task)

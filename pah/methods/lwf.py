@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from pah.config import MethodParams
+from pah.data import TaskData, to_float
 from pah.methods.base import METHODS, Batch, kl_distill
 from pah.methods.finetune import Finetune
 from pah.models.heads import apply_heads
@@ -25,12 +26,32 @@ class LwFParams(MethodParams):
     temperature: float = 2.0
 
 
-def old_task_distillation(method, batch: Batch, all_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL between the teacher's and the student's logits on the old tasks' heads (one teacher pass)."""
+def cache_teacher(method, task: int, data: TaskData, norm, batch_size: int = 512) -> None:
+    """Freeze what the teacher will say for the whole task: its old heads (one hypernetwork call)
+    and, when the inputs are not augmented, its old-task logits on every training image, so the
+    training step needs no teacher pass at all."""
     teacher = method.teacher
-    with torch.no_grad():
+    teacher.cached_old_heads = teacher.heads.heads(range(task))
+    teacher.cached_logits = None
+    if not method.shape.augment:
         W, b = teacher.cached_old_heads
-        old_t = apply_heads(teacher.backbone(batch.x), W, b)
+        x = data.x_train
+        teacher.cached_logits = torch.cat(
+            [apply_heads(teacher.backbone(to_float(x[i : i + batch_size], *norm)), W, b) for i in range(0, len(x), batch_size)]
+        )
+
+
+def old_task_distillation(method, batch: Batch, all_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL between the teacher's and the student's logits on the old tasks' heads.
+
+    At most one teacher backbone pass per batch (none when the teacher's logits are cached)."""
+    teacher = method.teacher
+    if teacher.cached_logits is not None and batch.index is not None:
+        old_t = teacher.cached_logits[batch.index]
+    else:
+        with torch.no_grad():
+            W, b = teacher.cached_old_heads
+            old_t = apply_heads(teacher.backbone(batch.x), W, b)
     return kl_distill(all_logits[:, : batch.task], old_t, temperature)
 
 
@@ -42,8 +63,8 @@ class LwF(Finetune):
     def begin_task(self, task, data, norm):
         super().begin_task(task, data, norm)
         if self.teacher is not None:
-            with torch.no_grad():  # the teacher is frozen: its old heads are constants for the whole task
-                self.teacher.cached_old_heads = self.teacher.heads.heads(range(task))
+            with torch.no_grad():  # the teacher is frozen: what it says is constant for the whole task
+                cache_teacher(self, task, data, norm)
 
     def loss(self, batch):
         all_logits = self.all_logits(batch.x, batch.task)
