@@ -1,15 +1,58 @@
-"""Run a Ray Tune experiment driven by Optuna (placeholder until the sweeps package lands)."""
+"""Run a Ray Tune experiment driven by Optuna: search, then confirm the best configs over seeds.
+
+SPEC is a YAML file or a shipped spec name (list them with --list; try `quickstart`).
+`--set KEY=VALUE` sets a spec field (num_samples=2, confirm.top_k=1, scheduler.name=none,
+wandb.enabled=false) or else overrides the base trial config (train.epochs_per_task=1).
+The command prints `sweep: DIR` first; `pah sweep --resume DIR` continues an interrupted
+sweep and `pah analyze DIR` tabulates it.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from pah.errors import UserError
+__all__ = ["configure", "run"]
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", nargs="?")
+    p.add_argument("spec", nargs="?", metavar="SPEC", help="YAML path or shipped spec name (default: quickstart)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a spec field or override a base config key (repeatable)")
+    p.add_argument("--storage", metavar="DIR", help="parent directory of the sweep dir (default: runs/sweeps)")
+    p.add_argument("--name", metavar="NAME", help="sweep dir name (default: SPEC-YYYYmmdd-HHMMSS); an existing sweep there is resumed")
+    p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: start a private local Ray)")
+    p.add_argument("--resume", metavar="DIR", type=Path, help="continue the sweep in DIR")
+    p.add_argument("--quiet", action="store_true", help="no live progress lines")
+    p.add_argument("--list", action="store_true", help="list the shipped specs and exit")
+    p.add_argument("--print-spec", action="store_true", help="print the resolved spec as YAML and exit")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UserError("pah sweep is not available in this build yet")
+    from pah.errors import UserError
+    from sweeps.spec import load_spec, spec_names
+
+    if args.list:
+        print("\n".join(spec_names()))
+        return 0
+    if args.resume is not None and args.spec is not None:
+        raise UserError("give either SPEC or --resume DIR, not both")
+    if args.resume is None:
+        spec = load_spec(args.spec or "quickstart", args.overrides)  # exit 2 before anything starts
+        if args.print_spec:
+            import yaml
+
+            print(yaml.safe_dump(spec.to_dict(), sort_keys=False), end="")
+            return 0
+    else:
+        spec = None
+    try:
+        import ray  # noqa: F401
+        import ray.tune  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"pah sweep needs Ray Tune: pip install 'pah[sweep]' ({e})") from None
+    from sweeps.driver import run_sweep
+
+    run_sweep(spec, storage=args.storage, name=args.name, address=args.address, resume=args.resume,
+              progress=not args.quiet)
+    return 0

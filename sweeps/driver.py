@@ -1,0 +1,438 @@
+"""The sweep driver: search (phase 1), then confirm the top-K configs over seeds (phase 2).
+
+``run_sweep`` is what ``pah sweep`` runs and what the SLURM / Ray Jobs launchers call on
+every (re)start. It is idempotent on its sweep directory:
+
+    SWEEP/sweep.json              spec, phase flags and experiment paths (atomic writes)
+    SWEEP/spec.yaml               the resolved spec, for people
+    SWEEP/optuna.db               the Optuna study (SQLite), when an Optuna searcher is used
+    SWEEP/tune/search/            Ray Tune's experiment dir of phase 1 (Tuner.restore reads it)
+    SWEEP/tune/confirm/           ... of phase 2
+    SWEEP/trials/search/ID/       one trial: result.json, checkpoint/, params.json, log.txt
+    SWEEP/trials/confirm/ID/
+    SWEEP/wandb/                  offline W&B runs (sync with `wandb sync SWEEP/wandb/offline-run-*`)
+
+A phase that finished is never run again; an interrupted one is restored with
+``Tuner.restore(resume_unfinished=True, resume_errored=True)``: finished trials are kept,
+unfinished and errored ones continue from their last task checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pah.errors import UserError
+from pah.io import atomic_write_bytes, atomic_write_json, read_json
+from sweeps.spec import Spec, load_spec, spec_from_dict
+
+__all__ = ["run_sweep", "DEFAULT_STORAGE", "STATE", "select_candidates", "summary_table"]
+
+DEFAULT_STORAGE = Path("runs") / "sweeps"
+STATE = "sweep.json"
+PHASES = ("search", "confirm")
+
+
+def run_sweep(
+    spec: str | Path | Spec | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    storage: str | Path | None = None,
+    name: str | None = None,
+    address: str | None = None,
+    resume: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run (or continue) a sweep; returns its directory.
+
+    ``spec``: a shipped spec name, a YAML path or a :class:`Spec` (default ``quickstart``).
+    ``storage``/``name``: the sweep dir is ``storage/name`` (default ``runs/sweeps`` and
+    ``SPEC-YYYYmmdd-HHMMSS``); if it already holds a sweep, that sweep is resumed with its
+    saved spec. ``resume``: a sweep dir to continue. ``address``: an existing Ray cluster;
+    None starts a private local one (or uses Ray if this process already initialised it).
+    """
+    sweep_dir, spec_obj, state = _open(spec, overrides, storage, name, resume)
+    print(f"sweep: {sweep_dir}", flush=True)
+    _check_storage(sweep_dir)
+
+    with _ray(address, spec_obj):
+        if not state["phases"]["search"]["done"]:
+            _run_phase(sweep_dir, spec_obj, state, "search", progress)
+        if spec_obj.confirm.top_k:
+            if "candidates" not in state["phases"]["confirm"]:
+                state["phases"]["confirm"]["candidates"] = select_candidates(sweep_dir, spec_obj)
+                _save(sweep_dir, state)
+            if not state["phases"]["confirm"]["done"]:
+                _run_phase(sweep_dir, spec_obj, state, "confirm", progress)
+
+    print(summary_table(sweep_dir, spec_obj, state), flush=True)
+    return sweep_dir
+
+
+# --------------------------------------------------------------------------- sweep dir and state
+
+
+def _open(spec, overrides, storage, name, resume) -> tuple[Path, Spec, dict[str, Any]]:
+    if resume is not None:
+        sweep_dir = Path(resume).absolute()
+        if not (sweep_dir / STATE).is_file():
+            raise UserError(f"--resume {resume}: not a sweep directory (no {STATE})")
+        if overrides:
+            raise UserError("--set: cannot change the spec of a sweep being resumed")
+        return _load_state(sweep_dir)
+    spec_obj = spec if isinstance(spec, Spec) else load_spec(spec or "quickstart", list(overrides))
+    if name is not None and (not name or "/" in name or name in (".", "..")):
+        raise UserError(f"--name {name!r}: expected a plain directory name")
+    parent = Path(storage) if storage is not None else DEFAULT_STORAGE
+    if "://" in str(parent):
+        raise UserError(f"--storage {storage}: URIs are not supported yet; give a local or shared-filesystem path")
+    sweep_dir = (parent / (name or f"{spec_obj.name}-{time.strftime('%Y%m%d-%H%M%S')}")).absolute()
+    if (sweep_dir / STATE).is_file():  # a requeued job calls us again: continue that sweep
+        return _load_state(sweep_dir)
+    if sweep_dir.exists() and any(sweep_dir.iterdir()):
+        raise UserError(f"sweep dir {sweep_dir} exists and is not a sweep; choose another --name or --storage")
+    state = {
+        "schema": 1,
+        "spec": spec_obj.to_dict(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "phases": {p: {"done": False, "path": str(sweep_dir / "tune" / p)} for p in PHASES},
+    }
+    _save(sweep_dir, state)
+    atomic_write_bytes(sweep_dir / "spec.yaml", yaml.safe_dump(spec_obj.to_dict(), sort_keys=False).encode())
+    return sweep_dir, spec_obj, state
+
+
+def _load_state(sweep_dir: Path) -> tuple[Path, Spec, dict[str, Any]]:
+    state = read_json(sweep_dir / STATE)
+    spec_obj = spec_from_dict(dict(state["spec"]), name=state["spec"].get("name", "sweep"), check_configs=False)
+    print(f"resuming {sweep_dir} ({', '.join(p for p in PHASES if state['phases'][p]['done']) or 'no'} phase done)",
+          file=sys.stderr, flush=True)
+    return sweep_dir, spec_obj, state
+
+
+def _save(sweep_dir: Path, state: dict[str, Any]) -> None:
+    atomic_write_json(sweep_dir / STATE, state)
+
+
+def _check_storage(sweep_dir: Path) -> None:
+    probe = sweep_dir / ".write-test"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--storage: cannot write in {sweep_dir} ({e.strerror})") from None
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@contextlib.contextmanager
+def _ray(address: str | None, spec: Spec) -> Iterator[None]:
+    """Use Ray if this process already runs it; else join ``address``; else start a private local Ray."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables, our lines only
+    # Tune's own per-trial loggers would write a second kind of result.json inside the sweep dir,
+    # which `pah analyze SWEEP` must not mistake for a trial's; the trial dirs hold the real ones.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    import logging
+
+    import ray
+
+    for noisy in ("ray.tune.analysis.experiment_analysis", "ray.tune.utils.util"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+    if ray.is_initialized():
+        yield
+        return
+    temp_dir = None
+    if address is None:
+        # our own short temp dir (unix socket paths are limited to ~107 bytes), loopback only,
+        # never "auto": a shared machine may run someone else's cluster
+        temp_dir = tempfile.mkdtemp(prefix="pahray-", dir="/tmp")
+        cpus = max(os.cpu_count() or 1, math.ceil(spec.resources.cpus))
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            logging_level="warning",
+            configure_logging=True,
+        )
+    else:
+        ray.init(address=address, log_to_driver=False, logging_level="warning")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def _param_space(spec: Spec, phase: str, state: dict[str, Any]) -> dict[str, Any]:
+    from ray import tune
+
+    if phase == "confirm":
+        cands = state["phases"]["confirm"]["candidates"]
+        search_seed = state["phases"]["confirm"].get("search_seed")
+        seeds = [s for s in spec.confirm.seeds if s != search_seed]
+        return {"candidate": tune.grid_search(list(range(len(cands)))), "seed": tune.grid_search(seeds)}
+    space: dict[str, Any] = {}
+    for key, d in spec.space.items():
+        if spec.searcher == "grid":
+            space[key] = tune.grid_search(list(d.args))
+        elif d.kind == "uniform":
+            space[key] = tune.uniform(*d.args)
+        elif d.kind == "loguniform":
+            space[key] = tune.loguniform(*d.args)
+        elif d.kind == "int":
+            space[key] = tune.randint(d.args[0], d.args[1] + 1)  # spec bounds are inclusive
+        else:
+            space[key] = tune.choice(list(d.args))
+    return space
+
+
+def _searcher(spec: Spec, sweep_dir: Path, seed: int):
+    if not spec.searcher.startswith("optuna"):
+        return None  # Tune's BasicVariantGenerator: random sampling, or the grid
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'optuna.db'}")
+    multi = spec.searcher == "optuna-multi"
+    search = OptunaSearch(
+        metric=list(spec.metrics) if multi else spec.metrics[0],
+        mode=list(spec.modes) if multi else spec.modes[0],
+        sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True),
+        study_name=spec.name,
+        storage=storage,
+    )
+    return search  # TuneConfig.max_concurrent_trials wraps it in a ConcurrencyLimiter
+
+
+def _scheduler(spec: Spec, num_tasks: int):
+    if spec.scheduler.name != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    # ASHA takes one metric: the first one of a multi-objective spec
+    return ASHAScheduler(
+        time_attr="tasks_completed",
+        metric=spec.metrics[0],
+        mode=spec.modes[0],
+        max_t=num_tasks,
+        grace_period=min(spec.scheduler.grace_period, num_tasks),
+        reduction_factor=spec.scheduler.reduction_factor,
+    )
+
+
+def _wandb_callback(spec: Spec, sweep_dir: Path, candidates: list[dict[str, Any]] | None) -> list[Any]:
+    if not spec.wandb.enabled:
+        return []
+    mode = spec.wandb.mode or os.environ.get("WANDB_MODE") or "offline"
+    if mode == "disabled":
+        return []
+    try:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+    except ImportError as e:  # wandb missing: the sweep runs without it
+        print(f"note: W&B logging skipped ({e})", file=sys.stderr, flush=True)
+        return []
+    os.environ["WANDB_MODE"] = mode  # Ray's callback reads the mode from the environment
+    if mode != "online":
+        os.environ.pop("WANDB_API_KEY", None)  # offline needs no key: keep it out of Ray's runtime env
+
+    class GroupedWandb(WandbLoggerCallback):
+        """W&B runs grouped by config_id, so the seeds of one config share a group."""
+
+        def log_trial_start(self, trial):
+            self.group = _config_id_of(spec, trial.config, candidates)
+            super().log_trial_start(trial)
+
+    (sweep_dir / "wandb").mkdir(exist_ok=True)
+    return [GroupedWandb(
+        project=spec.wandb.project or os.environ.get("WANDB_PROJECT") or "pah",
+        mode=mode,
+        dir=str(sweep_dir),
+        job_type=spec.name,
+        excludes=["config_id", "seed"],
+    )]
+
+
+def _config_id_of(spec: Spec, config: dict[str, Any], candidates: list[dict[str, Any]] | None) -> str:
+    from pah.config import config_id
+    from sweeps.trainable import params_of
+
+    return config_id(spec.trial_config(params_of(config, candidates), config.get("seed")))
+
+
+def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, progress: bool) -> None:
+    from ray import tune
+
+    from sweeps.progress import ConciseProgress
+    from sweeps.trainable import make_trainable
+
+    base_cfg = spec.trial_config()
+    exp_path = sweep_dir / "tune" / phase
+    candidates = state["phases"]["confirm"].get("candidates") if phase == "confirm" else None
+    trainable = tune.with_resources(
+        make_trainable(spec.to_dict(), str(sweep_dir), phase, cpus=spec.resources.cpus, candidates=candidates),
+        {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
+    )
+    if phase == "confirm" and not (candidates and _param_space(spec, phase, state)["seed"]["grid_search"]):
+        if not candidates:
+            print("[confirm] no search trial finished its task sequence: nothing to confirm", flush=True)
+        state["phases"][phase]["done"] = True
+        _save(sweep_dir, state)
+        return
+
+    t0 = time.monotonic()
+    if tune.Tuner.can_restore(str(exp_path)):
+        print(f"[{phase}] restoring {exp_path}", flush=True)
+        tuner = tune.Tuner.restore(
+            str(exp_path), trainable, resume_unfinished=True, resume_errored=True,
+            param_space=_param_space(spec, phase, state),
+        )
+    else:
+        from pah.data import BENCHMARKS
+
+        num_tasks = BENCHMARKS.get(base_cfg.data.name)().resolved_shape(base_cfg.data).num_tasks
+        metric, mode = spec.metrics[0], spec.modes[0]
+        search = phase == "search"
+        callbacks: list[Any] = [
+            ConciseProgress(phase, metric, mode, sweep_dir=str(sweep_dir), enabled=progress, candidates=candidates)
+        ]
+        callbacks += _wandb_callback(spec, sweep_dir, candidates)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_param_space(spec, phase, state),
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(spec, sweep_dir, base_cfg.seed) if search else None,
+                scheduler=_scheduler(spec, num_tasks) if search else None,
+                num_samples=spec.num_samples if search else 1,
+                max_concurrent_trials=spec.max_concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name=phase,
+                storage_path=str(sweep_dir / "tune"),
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=callbacks,
+                verbose=0,
+            ),
+        )
+        if search:
+            state["phases"]["confirm"]["search_seed"] = base_cfg.seed
+        _save(sweep_dir, state)
+    grid = tuner.fit()
+    errored = [r for r in grid if r.error is not None]
+    state["phases"][phase]["done"] = True
+    state["phases"][phase]["seconds"] = round(state["phases"][phase].get("seconds", 0.0) + time.monotonic() - t0, 1)
+    state["phases"][phase]["errored"] = len(errored)
+    _save(sweep_dir, state)
+    if progress:
+        print(f"[{phase}] finished: {len(grid)} trials, {len(errored)} errored", flush=True)
+
+
+# --------------------------------------------------------------------------- confirm candidates and the table
+
+
+def _phase_results(sweep_dir: Path, phase: str) -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for p in sorted((sweep_dir / "trials" / phase).glob("*/result.json")):
+        try:
+            out.append((p.parent, read_json(p)))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _value(result: dict[str, Any], metric: str) -> float | None:
+    section = "val_metrics" if metric.startswith("val_") else "metrics"
+    v = (result.get(section) or {}).get(metric.removeprefix("val_"))
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def select_candidates(sweep_dir: Path, spec: Spec) -> list[dict[str, Any]]:
+    """The top-K distinct configs of phase 1 that finished the whole sequence.
+
+    Single objective: sorted by the metric. Several: non-dominated fronts first, then the
+    first metric within a front.
+    """
+    from sweeps.trainable import read_params
+
+    rows = []
+    for d, res in _phase_results(sweep_dir, "search"):
+        vals = [_value(res, m) for m in spec.metrics]
+        if any(v is None for v in vals):
+            continue
+        signed = [v if mode == "max" else -v for v, mode in zip(vals, spec.modes, strict=True)]
+        rows.append({"dir": str(d), "config_id": res["config_id"], "params": read_params(d)["params"], "score": signed})
+    remaining = list(rows)
+    ranked: list[dict[str, Any]] = []
+    while remaining:  # peel off non-dominated fronts (all maximised after the sign flip)
+        front = [r for r in remaining if not any(_dominates(o["score"], r["score"]) for o in remaining)]
+        ranked += sorted(front, key=lambda r: r["score"][0], reverse=True)
+        remaining = [r for r in remaining if r not in front]
+    out, seen = [], set()
+    for r in ranked:
+        if r["config_id"] not in seen:
+            seen.add(r["config_id"])
+            out.append(r)
+    return out[: spec.confirm.top_k]
+
+
+def _dominates(a: list[float], b: list[float]) -> bool:
+    return all(x >= y for x, y in zip(a, b, strict=True)) and any(x > y for x, y in zip(a, b, strict=True))
+
+
+def _table_dirs(sweep_dir: Path, spec: Spec, state: dict[str, Any]) -> list[Path]:
+    if spec.confirm.top_k:
+        confirm = state["phases"]["confirm"]
+        reused = confirm.get("search_seed") in spec.confirm.seeds  # phase 1 ran that seed already
+        return [Path(c["dir"]) for c in confirm.get("candidates", []) if reused] + [sweep_dir / "trials" / "confirm"]
+    return [sweep_dir / "trials" / "search"]
+
+
+def summary_table(sweep_dir: Path, spec: Spec, state: dict[str, Any]) -> str:
+    """The seed-averaged table of the confirmed configs (all configs when there is no confirm phase)."""
+    dirs = [d for d in _table_dirs(sweep_dir, spec, state) if d.exists()]
+    title = "confirmed configs, seed-averaged" if spec.confirm.top_k else "all configs, seed-averaged"
+    try:
+        from analysis import summarize_dirs  # the analysis package, when it is installed
+    except ImportError:
+        summarize_dirs = None
+    if summarize_dirs is not None and dirs:
+        try:
+            return f"\n{title}:\n" + summarize_dirs([str(d) for d in dirs], by=None, fmt="table")
+        except Exception as e:  # the fallback below still gives the user their numbers
+            print(f"note: analysis.summarize_dirs failed ({type(e).__name__}: {e}); plain table", file=sys.stderr)
+    from sweeps.table import plain_table
+
+    return f"\n{title}:\n" + plain_table(dirs, params_of=_params_of(sweep_dir))
+
+
+def _params_of(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """config_id -> the sampled params of any trial with that config."""
+    out: dict[str, dict[str, Any]] = {}
+    for phase in PHASES:
+        for d, res in _phase_results(sweep_dir, phase):
+            p = d / "params.json"
+            if p.exists():
+                out.setdefault(res["config_id"], read_json(p)["params"])
+    return out

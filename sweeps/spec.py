@@ -1,0 +1,420 @@
+"""A sweep spec: YAML data, validated where it enters, like a trial config.
+
+A spec names a base trial config (a preset or a YAML path) plus overrides, a search
+space over any config key, how to search it (Optuna TPE, Optuna multi-objective,
+random, grid), an optional ASHA scheduler over *tasks completed*, resources per
+trial, and a ``confirm`` phase re-running the top-K configs over several seeds.
+Every problem raises :class:`~pah.errors.UserError` naming the field.
+
+``--set KEY=VALUE`` on ``pah sweep`` sets a spec field when KEY names one
+(``num_samples=2``, ``confirm.top_k=1``, ``scheduler.name=none``) and otherwise
+overrides the base trial config (``train.epochs_per_task=1``, ``seed=3``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pah.errors import UserError
+
+__all__ = [
+    "Spec",
+    "Dist",
+    "Scheduler",
+    "Resources",
+    "Confirm",
+    "Wandb",
+    "load_spec",
+    "spec_names",
+    "spec_from_dict",
+    "override",
+    "SEARCHERS",
+    "METRICS",
+]
+
+SPEC_DIR = Path(__file__).parent / "specs"
+SEARCHERS = ("optuna-tpe", "optuna-multi", "random", "grid")
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+#: what a trial reports after every task (and what a spec may optimise)
+METRICS = ("avg_acc", "forgetting", "bwt", "val_avg_acc", "val_forgetting", "val_bwt")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """One search dimension: ``{uniform|loguniform: [lo, hi]}``, ``{int: [lo, hi]}`` (inclusive), ``{choice: [...]}``."""
+
+    kind: str
+    args: tuple[Any, ...]
+
+    def probe_values(self) -> list[Any]:
+        """Values that must each make a valid config (both ends of a range, every choice)."""
+        return list(self.args)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {self.kind: list(self.args)}
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    name: str = "none"  # "asha" | "none"
+    grace_period: int = 1  # tasks a trial completes before ASHA may stop it
+    reduction_factor: int = 2
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class Confirm:
+    top_k: int = 0  # 0: no confirm phase
+    seeds: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Wandb:
+    enabled: bool = True
+    project: str | None = None  # default: $WANDB_PROJECT, then "pah"
+    mode: str | None = None  # default: $WANDB_MODE, then "offline"
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    base: str
+    set: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Dist] = field(default_factory=dict)
+    searcher: str = "optuna-tpe"
+    metric: str | tuple[str, ...] = "val_avg_acc"
+    mode: str | tuple[str, ...] = "max"
+    num_samples: int = 8
+    max_concurrent: int = 2
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    resources: Resources = field(default_factory=Resources)
+    confirm: Confirm = field(default_factory=Confirm)
+    max_failures: int = 2
+    wandb: Wandb = field(default_factory=Wandb)
+    description: str = ""
+
+    # ---- the trial configs this spec makes
+
+    def config_overrides(self, params: dict[str, Any] | None = None, seed: int | None = None) -> list[str]:
+        """``--set`` strings for the base config: the spec's ``set``, a trial's params, its seed."""
+        items = dict(self.set)
+        items.update(params or {})
+        if seed is not None:
+            items["seed"] = seed
+        return [override(k, v) for k, v in items.items()]
+
+    def trial_config(self, params: dict[str, Any] | None = None, seed: int | None = None):
+        from pah.config import load_config
+
+        return load_config(self.base, self.config_overrides(params, seed))
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return (self.metric,) if isinstance(self.metric, str) else tuple(self.metric)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return (self.mode,) if isinstance(self.mode, str) else tuple(self.mode)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["space"] = {k: v.to_dict() for k, v in self.space.items()}
+        d["confirm"]["seeds"] = list(self.confirm.seeds)
+        for k in ("metric", "mode"):
+            if isinstance(d[k], tuple):
+                d[k] = list(d[k])
+        return d
+
+
+def override(key: str, value: Any) -> str:
+    """One ``KEY=VALUE`` string that :func:`pah.config.parse_overrides` reads back as ``value``."""
+    return f"{key}={json.dumps(value)}"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def spec_names() -> list[str]:
+    return sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
+
+
+def _read(source: str | Path) -> tuple[str, dict[str, Any]]:
+    path = Path(source)
+    if path.suffix not in (".yaml", ".yml") and not path.exists():
+        path = SPEC_DIR / f"{source}.yaml"
+        if not path.is_file():
+            raise UserError(f"spec {str(source)!r} is neither a YAML file nor a shipped spec; shipped: {', '.join(spec_names())}")
+    elif not path.is_file():
+        raise UserError(f"spec file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    return path.stem, raw
+
+
+_FIELDS = {f.name for f in dataclasses.fields(Spec)} | {"overrides"}
+_SECTIONS = {"scheduler": Scheduler, "resources": Resources, "confirm": Confirm, "wandb": Wandb}
+
+
+def _apply_sets(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Spec fields from ``--set`` go into the spec; every other key overrides the base config."""
+    from pah.config import parse_overrides
+
+    raw = dict(raw)
+    given = raw.get("set", raw.get("overrides")) or {}
+    config_sets = dict(given) if isinstance(given, dict) else None
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        head = key.split(".")[0]
+        if head in _FIELDS and head not in ("set", "overrides", "space"):
+            parsed = parse_overrides([item])
+            if head in _SECTIONS and isinstance(parsed[head], dict):
+                section = raw.get(head)
+                if isinstance(section, str):
+                    section = {"name": section}
+                elif section is False:
+                    section = {"enabled": False}
+                raw[head] = {**(section if isinstance(section, dict) else {}), **parsed[head]}
+            else:
+                raw[head] = parsed[head]
+        elif config_sets is not None:  # else spec_from_dict reports the bad 'set'
+            config_sets[key] = parse_overrides([f"value={item.partition('=')[2]}"])["value"]
+    if config_sets is not None and overrides:
+        raw.pop("overrides", None)
+        raw["set"] = config_sets
+    return raw
+
+
+def load_spec(source: str | Path = "quickstart", overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """Read a shipped spec or a YAML file, apply ``--set`` items, validate everything."""
+    name, raw = _read(source)
+    return spec_from_dict(_apply_sets(raw, overrides), name=name)
+
+
+def spec_from_dict(raw: dict[str, Any], *, name: str = "sweep", check_configs: bool = True) -> Spec:
+    raw = dict(raw)
+    unknown = sorted(set(raw) - _FIELDS)
+    if unknown:
+        raise UserError(f"spec: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(_FIELDS - {'overrides'}))}")
+    name = str(raw.pop("name", name))
+    if "overrides" in raw:
+        if "set" in raw:
+            raise UserError("spec: give either 'set' or 'overrides', not both")
+        raw["set"] = raw.pop("overrides")
+    base = raw.pop("base", None)
+    if not isinstance(base, str) or not base:
+        raise UserError("spec.base: required; a trial preset name (e.g. split-digits-pah) or a config YAML path")
+    sets = raw.pop("set", None) or {}
+    if not isinstance(sets, dict):
+        raise UserError(f"spec.set: expected a mapping of config keys to values, got {sets!r}")
+    sets = _flatten(sets)
+
+    searcher = raw.pop("searcher", "optuna-tpe")
+    if searcher not in SEARCHERS:
+        raise UserError(f"spec.searcher: {searcher!r} is not one of {', '.join(SEARCHERS)}")
+    space = _space(raw.pop("space", None) or {}, searcher)
+
+    multi = searcher == "optuna-multi"
+    metric = raw.pop("metric", ["val_avg_acc", "val_forgetting"] if multi else "val_avg_acc")
+    mode = raw.pop("mode", ["max", "min"] if multi else "max")
+    metric, mode = _metric_mode(metric, mode, multi)
+
+    num_samples = _int(raw.pop("num_samples", 8), "spec.num_samples", 1)
+    max_concurrent = _int(raw.pop("max_concurrent", 2), "spec.max_concurrent", 1)
+    max_failures = _int(raw.pop("max_failures", 2), "spec.max_failures", -1)
+
+    sched_raw = raw.pop("scheduler", None)
+    if sched_raw in (None, "none", False):
+        sched_raw = {"name": "none"}
+    elif isinstance(sched_raw, str):
+        sched_raw = {"name": sched_raw}
+    scheduler = _section(Scheduler, sched_raw, "spec.scheduler")
+    if scheduler.name not in ("asha", "none"):
+        raise UserError(f"spec.scheduler.name: {scheduler.name!r} is not one of asha, none")
+    _int(scheduler.grace_period, "spec.scheduler.grace_period", 1)
+    _int(scheduler.reduction_factor, "spec.scheduler.reduction_factor", 2)
+    if scheduler.name == "asha" and searcher == "grid":
+        raise UserError("spec.scheduler: asha cannot stop trials of a grid searcher (every grid point must finish); use none")
+
+    resources = _section(Resources, raw.pop("resources", None) or {}, "spec.resources")
+    for k in ("cpus", "gpus"):
+        v = getattr(resources, k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k == "cpus" and v <= 0):
+            raise UserError(f"spec.resources.{k}: {v!r} must be a number {'> 0' if k == 'cpus' else '>= 0'}")
+        if k == "gpus" and v > 1 and v != int(v):
+            raise UserError(f"spec.resources.gpus: {v!r}: a fraction must be below 1, else a whole number")
+
+    confirm_raw = raw.pop("confirm", None)
+    if confirm_raw in (None, False, "none"):
+        confirm_raw = {}
+    confirm = _section(Confirm, confirm_raw, "spec.confirm")
+    _int(confirm.top_k, "spec.confirm.top_k", 0)
+    seeds = confirm.seeds
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = tuple(range(seeds))
+    if not isinstance(seeds, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise UserError(f"spec.confirm.seeds: expected a list of integer seeds or a count, got {confirm.seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"spec.confirm.seeds: {list(seeds)} repeats a seed")
+    if confirm.top_k and not seeds:
+        raise UserError("spec.confirm.seeds: required when confirm.top_k > 0")
+    confirm = Confirm(top_k=confirm.top_k, seeds=tuple(seeds))
+
+    wandb_raw = raw.pop("wandb", None)
+    if wandb_raw is None or wandb_raw is True:
+        wandb_raw = {}
+    elif wandb_raw is False:
+        wandb_raw = {"enabled": False}
+    wandb = _section(Wandb, wandb_raw, "spec.wandb")
+    if wandb.mode not in (None, "offline", "online", "disabled"):
+        raise UserError(f"spec.wandb.mode: {wandb.mode!r} is not one of offline, online, disabled")
+    if "api_key" in wandb_raw:  # never accepted: secrets stay in the environment
+        raise UserError("spec.wandb.api_key: not accepted; set WANDB_API_KEY in the environment")
+
+    description = str(raw.pop("description", "") or "")
+    assert not raw, raw  # every field was popped above
+
+    spec = Spec(
+        name=name, base=base, set=sets, space=space, searcher=searcher, metric=metric, mode=mode,
+        num_samples=num_samples, max_concurrent=max_concurrent, scheduler=scheduler, resources=resources,
+        confirm=confirm, max_failures=max_failures, wandb=wandb, description=description,
+    )
+    if not space and searcher != "grid":
+        raise UserError(f"spec.space: empty; the {searcher} searcher needs at least one dimension")
+    if check_configs:
+        _check_configs(spec)
+    return spec
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _int(v: Any, key: str, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise UserError(f"{key}: {v!r} must be an integer >= {lo}")
+    return v
+
+
+def _section(cls: type, raw: Any, key: str) -> Any:
+    if not isinstance(raw, dict):
+        raise UserError(f"{key}: expected a mapping, got {raw!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names) - ({"api_key"} if cls is Wandb else set()))
+    if unknown:
+        raise UserError(f"{key}: unknown key {unknown[0]!r}; valid keys: {', '.join(names)}")
+    return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+def _space(raw: Any, searcher: str) -> dict[str, Dist]:
+    if not isinstance(raw, dict):
+        raise UserError(f"spec.space: expected a mapping of config keys to distributions, got {raw!r}")
+    out: dict[str, Dist] = {}
+    for key, d in _flatten_space(raw).items():
+        where = f"spec.space.{key}"
+        if not isinstance(d, dict) or len(d) != 1:
+            raise UserError(f"{where}: expected one of {{uniform|loguniform: [lo, hi]}}, {{int: [lo, hi]}}, {{choice: [...]}}; got {d!r}")
+        kind, args = next(iter(d.items()))
+        if kind not in DISTRIBUTIONS:
+            raise UserError(f"{where}: unknown distribution {kind!r}; valid: {', '.join(DISTRIBUTIONS)}")
+        if not isinstance(args, list) or not args:
+            raise UserError(f"{where}.{kind}: expected a non-empty list, got {args!r}")
+        if kind == "choice":
+            if any(isinstance(a, (dict, list)) for a in args):
+                raise UserError(f"{where}.choice: choices must be scalars, got {args!r}")
+        else:
+            if len(args) != 2:
+                raise UserError(f"{where}.{kind}: expected [lo, hi], got {args!r}")
+            if kind == "int":
+                if not all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+                    raise UserError(f"{where}.int: bounds must be integers, got {args!r}")
+            else:
+                try:
+                    args = [float(a) for a in args]
+                except (TypeError, ValueError):
+                    raise UserError(f"{where}.{kind}: bounds must be numbers, got {args!r}") from None
+                if not all(math.isfinite(a) for a in args):
+                    raise UserError(f"{where}.{kind}: bounds must be finite, got {args!r}")
+            lo, hi = args
+            if not lo < hi:
+                raise UserError(f"{where}.{kind}: lower bound {lo!r} must be below upper bound {hi!r}")
+            if kind == "loguniform" and lo <= 0:
+                raise UserError(f"{where}.loguniform: bounds must be > 0, got {args!r}")
+            if searcher == "grid":
+                raise UserError(f"{where}: the grid searcher takes only 'choice' dimensions, not {kind!r}")
+        out[key] = Dist(kind, tuple(args))
+    return out
+
+
+def _flatten_space(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Accept nested sections (``train: {lr: {loguniform: ...}}``) as well as dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and len(v) >= 1 and not (set(v) & set(DISTRIBUTIONS)) and all(isinstance(x, dict) for x in v.values()):
+            out.update(_flatten_space(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _metric_mode(metric: Any, mode: Any, multi: bool) -> tuple[Any, Any]:
+    metrics = [metric] if isinstance(metric, str) else metric
+    modes = [mode] if isinstance(mode, str) else mode
+    if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
+        raise UserError(f"spec.metric: expected a metric name or a list of them, got {metric!r}")
+    if not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
+        raise UserError(f"spec.mode: expected 'max', 'min' or a list of them, got {mode!r}")
+    for m in metrics:
+        if m not in METRICS:
+            raise UserError(f"spec.metric: {m!r} is not one of {', '.join(METRICS)}")
+    for m in modes:
+        if m not in ("max", "min"):
+            raise UserError(f"spec.mode: {m!r} is not one of max, min")
+    if len(metrics) != len(modes):
+        raise UserError(f"spec.mode: {len(modes)} mode(s) for {len(metrics)} metric(s)")
+    if multi and len(metrics) < 2:
+        raise UserError("spec.metric: the optuna-multi searcher needs a list of at least two metrics")
+    if not multi and len(metrics) != 1:
+        raise UserError("spec.metric: a single-objective searcher takes one metric; use searcher: optuna-multi for several")
+    if multi:
+        return tuple(metrics), tuple(modes)
+    return metrics[0], modes[0]
+
+
+def _check_configs(spec: Spec) -> None:
+    """The base and its overrides make a valid config, and so does every probed space value."""
+    from pah.config import load_config
+
+    try:
+        load_config(spec.base, spec.config_overrides())
+    except UserError as e:
+        raise UserError(f"spec.base/set: {e}") from None
+    for key, dist in spec.space.items():
+        for value in dist.probe_values():
+            try:
+                load_config(spec.base, spec.config_overrides({key: value}))
+            except UserError as e:
+                raise UserError(f"spec.space.{key}: {value!r} does not make a valid config: {e}") from None

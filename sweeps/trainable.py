@@ -1,0 +1,158 @@
+"""The Ray Tune trainable: one whole task sequence, reported and checkpointed after every task.
+
+Each trial trains in its own directory inside the sweep, ``SWEEP/trials/PHASE/TRIAL_ID``,
+where ``run_trial`` keeps ``checkpoint/state.pt`` and writes ``result.json``. After each
+task the trainable reports the metrics so far with that checkpoint directory as a Ray
+checkpoint, so a retried or restored trial resumes at the next task. Next to the result
+it keeps small files for people and tests: ``params.json`` (what was sampled),
+``pid`` (the worker process), ``log.txt`` (one line per start and per task trained)
+and ``error.json`` (why it failed, if it did).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pah.io import atomic_write_json, read_json
+
+__all__ = ["make_trainable", "trial_dir", "metrics_of_result", "params_of", "read_params", "META"]
+
+#: written next to state.pt before each report: how many tasks that checkpoint holds
+META = "meta.json"
+
+
+def trial_dir(sweep_dir: str | Path, phase: str, trial_id: str) -> Path:
+    return Path(sweep_dir) / "trials" / phase / trial_id
+
+
+def metrics_of_result(metrics: dict[str, Any] | None, val_metrics: dict[str, Any] | None) -> dict[str, float]:
+    """The flat names a trial reports: avg_acc, forgetting, bwt and their val_ twins."""
+    out = {k: float(v) for k, v in (metrics or {}).items() if v is not None}
+    out.update({f"val_{k}": float(v) for k, v in (val_metrics or {}).items() if v is not None})
+    return out
+
+
+def _log(out: Path, line: str) -> None:
+    with open(out / "log.txt", "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()} {line}\n")
+
+
+def _tasks_in(ckpt_dir: Path) -> int:
+    try:
+        return int(read_json(ckpt_dir / META)["tasks_completed"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _take_ray_checkpoint(out: Path) -> None:
+    """Copy Tune's latest checkpoint into the trial dir when it is ahead of what is there.
+
+    On one machine the trial dir already holds the newest state; on a cluster whose
+    nodes share no filesystem (or after a move) Tune's copy is the one to resume from.
+    """
+    from ray import tune
+
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return
+    local = out / "checkpoint"
+    with ckpt.as_directory() as d:
+        if _tasks_in(Path(d)) > _tasks_in(local):
+            tmp = out / "checkpoint.incoming"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(d, tmp)
+            shutil.rmtree(local, ignore_errors=True)
+            os.replace(tmp, local)
+
+
+def params_of(config: dict[str, Any], candidates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A trial's config keys: sampled ones (search), or those of confirm candidate ``config["candidate"]``."""
+    if "candidate" in config:
+        return dict((candidates or [])[config["candidate"]]["params"])
+    return {k: v for k, v in config.items() if k != "seed"}
+
+
+def make_trainable(
+    spec_dict: dict[str, Any],
+    sweep_dir: str,
+    phase: str,
+    *,
+    cpus: float = 1.0,
+    candidates: list[dict[str, Any]] | None = None,
+) -> Callable[[dict], None]:
+    """A function trainable for one phase of the sweep (a closure: Ray pickles it to the workers)."""
+
+    def pah_trial(config: dict[str, Any]) -> None:
+        import torch
+        from ray import tune
+
+        from pah.config import config_id
+        from pah.trial import run_trial
+        from sweeps.spec import spec_from_dict
+
+        spec = spec_from_dict(spec_dict, name=spec_dict.get("name", "sweep"), check_configs=False)
+        params = params_of(config, candidates)
+        seed = config.get("seed")
+        cfg = spec.trial_config(params, seed)
+        if cpus >= 1:
+            torch.set_num_threads(int(cpus))
+
+        out = trial_dir(sweep_dir, phase, tune.get_context().get_trial_id())
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pid").write_text(f"{os.getpid()}\n")
+        atomic_write_json(out / "params.json", {"params": params, "seed": cfg.seed})
+        _take_ray_checkpoint(out)
+        done = _tasks_in(out / "checkpoint")
+        _log(out, f"start tasks_done={done}")
+
+        # A non-finite loss is deterministic: a retry from the same checkpoint fails the same way.
+        err_path = out / "error.json"
+        if err_path.exists():
+            err = read_json(err_path)
+            if err.get("type") == "NonFiniteLoss" and err.get("tasks_done") == done:
+                _log(out, "error again (same checkpoint): " + err["message"])
+                raise RuntimeError(f"NonFiniteLoss: {err['message']}")
+
+        def on_task_end(r) -> None:
+            atomic_write_json(r.checkpoint_dir / META, {"tasks_completed": r.task + 1})
+            _log(out, f"trained task {r.task + 1}/{r.num_tasks}")
+            if r.task + 1 < r.num_tasks:  # the last task is reported once result.json exists (below)
+                tune.report(
+                    _metrics(r.metrics, r.val_metrics, r.task + 1, r.num_tasks, r.train_seconds),
+                    checkpoint=tune.Checkpoint.from_directory(str(r.checkpoint_dir)),
+                )
+
+        def _metrics(m, vm, done: int, total: int, seconds: float) -> dict[str, Any]:
+            return {
+                **metrics_of_result(m, vm),
+                "tasks_completed": done,
+                "num_tasks": total,
+                "train_seconds": seconds,
+                "seed": cfg.seed,
+                "config_id": cid,
+            }
+
+        cid = config_id(cfg)
+        try:
+            result = run_trial(cfg, out, device="auto", on_task_end=on_task_end, progress=False)
+        except Exception as e:
+            atomic_write_json(err_path, {"type": type(e).__name__, "message": str(e), "tasks_done": _tasks_in(out / "checkpoint")})
+            _log(out, f"error {type(e).__name__}: {e}")
+            raise
+        _log(out, "finished")
+        # Reported only now: a scheduler may stop the trial at its last report (ASHA at max_t),
+        # and the trial must not be stopped before result.json is written.
+        T = len(result["acc_matrix"])
+        tune.report(_metrics(result["metrics"], result.get("val_metrics"), T, T, result["timing"]["train_seconds"]))
+
+    return pah_trial
+
+
+def read_params(out: Path) -> dict[str, Any]:
+    return json.loads((out / "params.json").read_text())
