@@ -109,7 +109,7 @@ def make_trainable(
         atomic_write_json(out / "params.json", {"params": params, "seed": cfg.seed})
         _take_ray_checkpoint(out)
         done = _tasks_in(out / "checkpoint")
-        _log(out, f"start tasks_done={done}")
+        _log(out, f"start tasks_done={done}" + (" (finished already)" if (out / "result.json").exists() else ""))
 
         # A non-finite loss is deterministic: a retry from the same checkpoint fails the same way.
         err_path = out / "error.json"

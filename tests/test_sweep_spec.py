@@ -1,0 +1,173 @@
+"""Sweep specs are validated and sampled without a cluster; bad specs are exit 2 with the field named."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pah.config import config_id
+from pah.errors import UserError
+from sweeps.driver import select_candidates
+from sweeps.spec import load_spec, spec_from_dict, spec_names
+from sweeps.table import plain_table
+
+GOOD = {
+    "base": "split-digits-pah",
+    "set": {"train.epochs_per_task": 1},
+    "space": {"train.lr": {"loguniform": [0.001, 0.01]}},
+}
+
+
+def test_shipped_specs_load_and_validate():
+    names = spec_names()
+    for required in ("quickstart", "split-cifar100-pah", "tiny-imagenet-pah", "baselines", "split-fashion-mnist-pah"):
+        assert required in names
+    for name in names:
+        spec = load_spec(name)
+        assert spec.name == name
+        cfg = spec.trial_config()  # the base config resolves
+        assert cfg.seed == 0
+
+
+def test_quickstart_is_small():
+    spec = load_spec("quickstart")
+    assert spec.num_samples <= 6 and spec.max_concurrent == 2
+    assert spec.trial_config().train.epochs_per_task <= 2
+    assert spec.confirm.top_k == 2 and len(spec.confirm.seeds) >= 2
+
+
+def test_set_splits_spec_fields_from_config_keys():
+    spec = load_spec("quickstart", ["num_samples=2", "confirm.top_k=1", "scheduler.name=none", "wandb.enabled=false",
+                                     "train.epochs_per_task=1", "seed=3"])
+    assert spec.num_samples == 2 and spec.confirm.top_k == 1 and spec.scheduler.name == "none"
+    assert not spec.wandb.enabled
+    cfg = spec.trial_config({"train.lr": 0.004}, seed=None)
+    assert cfg.train.epochs_per_task == 1 and cfg.seed == 3 and cfg.train.lr == 0.004
+    assert spec.trial_config(seed=7).seed == 7
+
+
+def test_seeds_share_a_config_id():
+    spec = spec_from_dict(GOOD)
+    a, b = spec.trial_config({"train.lr": 0.002}, 0), spec.trial_config({"train.lr": 0.002}, 1)
+    assert config_id(a) == config_id(b) and a.seed != b.seed
+    assert config_id(spec.trial_config({"train.lr": 0.003}, 0)) != config_id(a)
+
+
+def test_nested_space_and_method_switch():
+    spec = spec_from_dict({"base": "split-digits-pah", "searcher": "grid",
+                           "space": {"method": {"name": {"choice": ["pah", "lwf", "finetune"]}}}})
+    assert list(spec.space) == ["method.name"]
+    assert spec.trial_config({"method.name": "lwf"}).method.name == "lwf"
+
+
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"base": None}, "spec.base"),
+        ({"base": "no-such-preset"}, "spec.base"),
+        ({"searcher": "hyperopt"}, "spec.searcher"),
+        ({"space": {"train.lr": {"normal": [0, 1]}}}, "spec.space.train.lr"),
+        ({"space": {"train.lr": {"uniform": [0.1]}}}, "spec.space.train.lr"),
+        ({"space": {"train.lr": {"uniform": [0.2, 0.1]}}}, "spec.space.train.lr"),
+        ({"space": {"train.lr": {"loguniform": [0, 0.1]}}}, "spec.space.train.lr"),
+        ({"space": {"train.nope": {"uniform": [0.1, 0.2]}}}, "spec.space.train.nope"),
+        ({"space": {"train.lr": {"uniform": [-1.0, 0.1]}}}, "spec.space.train.lr"),
+        ({"space": {"train.batch_size": {"int": [1.5, 4]}}}, "spec.space.train.batch_size"),
+        ({"space": {}}, "spec.space"),
+        ({"metric": "accuracy"}, "spec.metric"),
+        ({"mode": "up"}, "spec.mode"),
+        ({"searcher": "optuna-multi", "metric": "val_avg_acc", "mode": "max"}, "spec.metric"),
+        ({"metric": ["avg_acc", "forgetting"], "mode": ["max", "min"]}, "spec.metric"),
+        ({"num_samples": 0}, "spec.num_samples"),
+        ({"max_concurrent": "two"}, "spec.max_concurrent"),
+        ({"scheduler": {"name": "pbt"}}, "spec.scheduler.name"),
+        ({"scheduler": {"name": "asha", "grace": 1}}, "spec.scheduler"),
+        ({"resources": {"gpus": -1}}, "spec.resources.gpus"),
+        ({"resources": {"gpus": 1.5}}, "spec.resources.gpus"),
+        ({"confirm": {"top_k": 2}}, "spec.confirm.seeds"),
+        ({"confirm": {"top_k": 2, "seeds": [0, 0]}}, "spec.confirm.seeds"),
+        ({"wandb": {"api_key": "x"}}, "spec.wandb.api_key"),
+        ({"wandb": {"mode": "cloud"}}, "spec.wandb.mode"),
+        ({"set": {"train.epochs_per_task": 0}}, "train.epochs_per_task"),
+        ({"searcher": "grid"}, "spec.space.train.lr"),
+    ],
+)
+def test_bad_specs_name_the_field(patch, field):
+    raw = {**GOOD, **patch}
+    with pytest.raises(UserError) as e:
+        spec_from_dict(raw)
+    assert field in str(e.value)
+
+
+def test_bad_spec_file_is_exit_2_and_writes_nothing(tmp_path, pah_cli):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**GOOD, "space": {"train.lr": {"gaussian": [0, 1]}}}))
+    r = pah_cli("sweep", str(bad), "--storage", str(tmp_path / "out"), cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "spec.space.train.lr" in lines[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+    r = pah_cli("sweep", "no-such-spec", cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "quickstart" in r.stderr
+    r = pah_cli("sweep", "quickstart", "--set", "train.nope=1", cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "train.nope" in r.stderr and "Traceback" not in r.stderr
+    r = pah_cli("sweep", "--resume", str(tmp_path), cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "not a sweep directory" in r.stderr
+
+
+def test_pah_cli_imports_no_ray():
+    import subprocess
+
+    code = ("import sys, pah.cli; pah.cli.build_parser(); "
+            "bad=[m for m in sys.modules if m.split('.')[0] in ('ray','optuna','wandb')]; print(bad); sys.exit(bool(bad))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _fake_trial(root: Path, tid: str, params: dict, seed: int, acc: float, val_acc: float, fm: float, cid: str) -> Path:
+    d = root / "trials" / "search" / tid
+    d.mkdir(parents=True)
+    (d / "params.json").write_text(json.dumps({"params": params, "seed": seed}))
+    (d / "result.json").write_text(json.dumps({
+        "schema": 1, "method": "pah", "dataset": "split-digits", "seed": seed, "config_id": cid,
+        "metrics": {"avg_acc": acc, "forgetting": fm, "bwt": -fm},
+        "val_metrics": {"avg_acc": val_acc, "forgetting": fm, "bwt": -fm},
+    }))
+    return d
+
+
+def test_select_candidates_ranks_by_validation_and_dedups(tmp_path):
+    spec = spec_from_dict({**GOOD, "confirm": {"top_k": 2, "seeds": [0, 1]}})
+    _fake_trial(tmp_path, "a", {"train.lr": 0.001}, 0, 0.9, 0.70, 0.1, "A")
+    _fake_trial(tmp_path, "b", {"train.lr": 0.002}, 0, 0.5, 0.95, 0.1, "B")
+    _fake_trial(tmp_path, "c", {"train.lr": 0.002}, 0, 0.5, 0.94, 0.1, "B")  # same config again
+    _fake_trial(tmp_path, "d", {"train.lr": 0.003}, 0, 0.8, 0.80, 0.1, "D")
+    (tmp_path / "trials" / "search" / "stopped").mkdir()  # stopped by ASHA: no result.json
+    got = select_candidates(tmp_path, spec)
+    assert [c["config_id"] for c in got] == ["B", "D"]
+    assert got[0]["params"] == {"train.lr": 0.002}
+
+
+def test_select_candidates_multi_objective_prefers_the_front(tmp_path):
+    spec = spec_from_dict({**GOOD, "searcher": "optuna-multi", "confirm": {"top_k": 2, "seeds": [0, 1]}})
+    _fake_trial(tmp_path, "a", {"train.lr": 0.001}, 0, 0.9, 0.90, 0.30, "A")  # front
+    _fake_trial(tmp_path, "b", {"train.lr": 0.002}, 0, 0.9, 0.85, 0.01, "B")  # front
+    _fake_trial(tmp_path, "c", {"train.lr": 0.003}, 0, 0.9, 0.89, 0.31, "C")  # dominated by A
+    assert [c["config_id"] for c in select_candidates(tmp_path, spec)] == ["A", "B"]
+
+
+def test_plain_table_groups_seeds(tmp_path):
+    _fake_trial(tmp_path, "a", {"train.lr": 0.001}, 0, 0.90, 0.9, 0.10, "A")
+    _fake_trial(tmp_path, "b", {"train.lr": 0.001}, 1, 0.80, 0.9, 0.20, "A")
+    _fake_trial(tmp_path, "c", {"train.lr": 0.002}, 0, 0.50, 0.9, 0.30, "C")
+    text = plain_table([tmp_path], params_of={"A": {"train.lr": 0.001}})
+    rows = text.splitlines()
+    assert "ACC %" in rows[0]
+    a_row = next(r for r in rows if " A " in r)
+    assert " 2 " in a_row and "85.00 ± 7.07" in a_row and "train.lr=0.001" in a_row
