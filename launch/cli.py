@@ -1,15 +1,175 @@
-"""Submit a sweep (placeholder until the sweeps package lands)."""
+"""Submit a sweep to SLURM (submitit; a Ray cluster across the allocation) or to any Ray cluster (Ray Jobs).
+
+  pah launch slurm SPEC [--partition P] [--nodes N] [--gpus-per-node G] [--cpus-per-task C]
+                        [--time MINUTES] [--mem-gb M] [--account A] [--qos Q] [--constraint C]
+                        [--sbatch KEY=VALUE]... [--storage DIR] [--set KEY=VALUE]... [--wait]
+  pah launch ray SPEC --address http://HOST:8265 [--storage DIR] [--set KEY=VALUE]... [--no-wait]
+  pah launch status JOB [--address URL]      pah launch cancel JOB [--address URL]
+
+Both print ``sweep: DIR``; a requeued or resubmitted job (same ``--storage`` and
+``--name``) resumes that sweep, and finished trials never run again. ``--probe`` runs a
+one-minute check of the cluster instead of a sweep. See docs/slurm.md.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
+import time
+from pathlib import Path
 
 from pah.errors import UserError
 
+__all__ = ["configure", "run"]
+
+DEFAULT_STORAGE = Path("runs") / "sweeps"
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip().lstrip("-"), value
+
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", nargs="?")
+    sub = p.add_subparsers(dest="backend", metavar="BACKEND", parser_class=type(p))
+    sub.required = True
+
+    def sweep_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("spec", nargs="?", metavar="SPEC", help="sweep spec: a YAML path or a shipped name")
+        q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a spec key (repeatable)")
+        q.add_argument("--name", help="sweep name under --storage (default: SPEC-TIMESTAMP); "
+                                      "an existing sweep of that name is resumed")
+        q.add_argument("--probe", action="store_true",
+                       help="instead of a sweep, a one-minute Ray Tune check of the cluster (probe.json)")
+
+    s = sub.add_parser("slurm", help="one SLURM job (submitit): a Ray cluster across it, the sweep on its head")
+    sweep_args(s)
+    s.add_argument("--storage", type=Path, default=DEFAULT_STORAGE,
+                   help=f"shared-filesystem folder for sweeps and job logs (default {DEFAULT_STORAGE})")
+    s.add_argument("--partition")
+    s.add_argument("--nodes", type=int, default=1)
+    s.add_argument("--tasks-per-node", type=int, default=1,
+                   help="Ray nodes per SLURM node (default 1; 2 tests a multi-node cluster on one machine)")
+    s.add_argument("--gpus-per-node", type=int, default=0)
+    s.add_argument("--cpus-per-task", type=int, default=4, help="CPUs per Ray node (default 4)")
+    s.add_argument("--time", type=int, default=240, metavar="MINUTES",
+                   help="time limit per start; at the limit the job requeues and resumes (default 240)")
+    s.add_argument("--mem-gb", type=float)
+    s.add_argument("--account")
+    s.add_argument("--qos")
+    s.add_argument("--constraint")
+    s.add_argument("--sbatch", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch option, e.g. --sbatch exclusive= --sbatch gres=gpu:a100:4")
+    s.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on the head's 127.0.0.1")
+    s.add_argument("--wait", action="store_true", help="wait for the job to end (requeues included)")
+
+    r = sub.add_parser("ray", help="a Ray Job on a running Ray cluster (cloud, KubeRay, on-prem)")
+    sweep_args(r)
+    r.add_argument("--address", required=True, help="the cluster's dashboard URL, e.g. http://HOST:8265")
+    r.add_argument("--storage", default="~/pah/sweeps",
+                   help="storage path or URI as the cluster sees it (default ~/pah/sweeps on the head; "
+                        "use shared storage or s3://, gs:// for multi-node clusters)")
+    r.add_argument("--env", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment variable for the job (repeatable)")
+    r.add_argument("--pip", action="append", default=[], metavar="REQ",
+                   help="extra pip requirement installed for the job (repeatable)")
+    r.add_argument("--no-wait", action="store_true", help="submit and return; do not tail the logs")
+
+    for verb, help_ in (("status", "show a launched job's state"), ("cancel", "cancel a launched job")):
+        v = sub.add_parser(verb, help=help_)
+        v.add_argument("job", metavar="JOB")
+        v.add_argument("--address", help="Ray dashboard URL for a Ray Job; without it JOB is a SLURM job id")
+
+
+def _sweep_name(args: argparse.Namespace) -> str:
+    if args.name:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", args.name):
+            raise UserError(f"--name may contain only letters, digits, '.', '_' and '-': {args.name!r}")
+        return args.name
+    stem = "probe" if args.probe else Path(args.spec).stem
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _check_spec(args: argparse.Namespace) -> str | None:
+    """A spec must exist before we queue anything: a file, or a spec shipped with the package."""
+    if args.probe:
+        return None
+    if not args.spec:
+        raise UserError("SPEC is required (a sweep spec YAML path or a shipped name), or use --probe")
+    path = Path(args.spec)
+    if path.is_file():
+        return str(path.resolve())
+    if path.suffix in (".yaml", ".yml") or "/" in args.spec:
+        raise UserError(f"sweep spec file not found: {args.spec}")
+    shipped = Path(__file__).resolve().parent.parent / "sweeps" / "specs"
+    names = sorted(p.stem for p in shipped.glob("*.yaml"))
+    if names and args.spec not in names:
+        raise UserError(f"unknown sweep spec {args.spec!r}; shipped specs: {', '.join(names)}")
+    return args.spec
+
+
+def _run_slurm(args: argparse.Namespace) -> int:
+    from launch.slurm import SlurmResources, submit, wait
+
+    spec = _check_spec(args)
+    resources = SlurmResources(
+        partition=args.partition, nodes=args.nodes, tasks_per_node=args.tasks_per_node,
+        cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node, time_min=args.time,
+        mem_gb=args.mem_gb, account=args.account, qos=args.qos, constraint=args.constraint,
+        sbatch=dict(args.sbatch),
+    )
+    storage = args.storage.expanduser().resolve()
+    name = _sweep_name(args)
+    if args.probe:
+        target, kwargs = "launch.probe:probe", {"storage": str(storage), "name": name}
+    else:
+        target = "launch.entry:run_sweep"
+        kwargs = {"spec": spec, "overrides": list(args.overrides), "storage": str(storage), "name": name}
+    sub = submit(target, kwargs, resources=resources, launch_dir=storage / f"{name}.slurm",
+                 job_name=f"pah-{name}", dashboard=args.dashboard)
+    print(f"job: {sub.job_id}")
+    print(f"sweep: {storage / name}")
+    print(f"log: {sub.stdout}")
+    print(f"err: {sub.stderr}")
+    print(f"watch: pah launch status {sub.job_id}   (or: squeue -j {sub.job_id}; tail -f {sub.stdout})")
+    print(f"cancel: pah launch cancel {sub.job_id}   (or: scancel {sub.job_id})")
+    print(f"resume after it ends: pah launch slurm {args.spec or '--probe'} --storage {storage} --name {name}",
+          flush=True)
+    return wait(sub) if args.wait else 0
+
+
+def _run_ray(args: argparse.Namespace) -> int:
+    from launch import rayjob
+
+    spec = _check_spec(args)
+    name = _sweep_name(args)
+    job_id = rayjob.submit(address=args.address, spec=spec, overrides=list(args.overrides), storage=args.storage,
+                           name=name, probe=args.probe, env=dict(args.env), pip=list(args.pip))
+    print(f"job: {job_id}")
+    print(f"sweep: {args.storage.rstrip('/')}/{name}  (on the cluster)")
+    print(f"watch: pah launch status {job_id} --address {args.address}   "
+          f"(or: ray job logs --address {args.address} --follow {job_id})")
+    print(f"cancel: pah launch cancel {job_id} --address {args.address}   "
+          f"(or: ray job stop --address {args.address} {job_id})", flush=True)
+    if args.no_wait:
+        return 0
+    state = rayjob.follow(args.address, job_id)
+    print(f"state: {state}")
+    return 0 if state == "SUCCEEDED" else 1
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UserError("pah launch is not available in this build yet")
+    if args.backend == "slurm":
+        return _run_slurm(args)
+    if args.backend == "ray":
+        return _run_ray(args)
+    if args.address:
+        from launch import rayjob
+
+        return (rayjob.status if args.backend == "status" else rayjob.cancel)(args.address, args.job)
+    from launch import slurm
+
+    return (slurm.status if args.backend == "status" else slurm.cancel)(args.job)

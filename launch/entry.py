@@ -1,0 +1,49 @@
+"""What runs on the cluster: the sweep driver against an explicit Ray address.
+
+``run_sweep`` is the target of the SLURM job's rank 0; ``python -m launch.entry`` is the
+entrypoint of a Ray Job (``pah launch ray``), where the job supervisor sets
+``RAY_ADDRESS`` to the cluster it runs in. Either way the driver gets that address
+explicitly, never ``"auto"``, and resumes the sweep if ``storage/name`` already holds one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run_sweep", "main"]
+
+
+def run_sweep(*, spec: str, overrides: list[str], storage: str, name: str, address: str | None,
+              **_: Any) -> str:
+    from sweeps.driver import run_sweep as drive
+
+    return str(drive(spec, overrides=tuple(overrides), storage=storage, name=name, address=address,
+                     progress=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m launch.entry")
+    p.add_argument("spec", nargs="?")
+    p.add_argument("--storage", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--probe", action="store_true")
+    args = p.parse_args(argv)
+    address = os.environ.get("RAY_ADDRESS") or None  # set by the Ray Job supervisor
+    storage = os.path.expanduser(args.storage)
+    if args.probe:
+        from launch.probe import probe
+
+        probe(storage=storage, name=args.name, address=address)
+    else:
+        print(f"sweep: {Path(storage) / args.name}", flush=True)
+        run_sweep(spec=args.spec, overrides=args.overrides, storage=storage, name=args.name, address=address)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
