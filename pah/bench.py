@@ -73,60 +73,85 @@ def _timer(dev):
     return timed_cpu
 
 
-def bench_steps(cfg, dev, steps: int, warmup: int) -> list[dict[str, Any]]:
-    """Median step time at the first and the last task of ``cfg`` on ``dev``."""
+def _at_task(cfg, shape, tasks, norm, dev, task: int):
+    """A fresh model brought to the start of ``task`` (earlier tasks begun and ended, not trained),
+    and a closure running one training step of ``pah train`` on it."""
+    import torch
+
+    from pah.trial import _precision, build_model, build_optimizer, make_batch, train_step
+
+    method = build_model(cfg, shape, dev)
+    optimizer = build_optimizer(method, cfg)
+    autocast = _precision(cfg, dev)
+    method.train()
+    for t in range(task + 1):
+        with autocast():
+            method.begin_task(t, tasks[t], norm)
+        if t < task:
+            method.end_task(t, tasks[t], norm)
+    gen = torch.Generator(device=dev).manual_seed(task)
+    x_all, y_all, ids_all = method.train_data(task, tasks)
+    idx = torch.randperm(len(y_all), device=dev, generator=gen)[: cfg.train.batch_size]
+
+    def step() -> None:
+        batch = make_batch(x_all, y_all, ids_all, idx, task, gen, norm, shape.augment)
+        train_step(method, optimizer, batch, autocast)
+
+    return step
+
+
+def bench_steps(cfg, dev, steps: int, warmup: int, rounds: int = 5) -> list[dict[str, Any]]:
+    """Median step time at the first and the last task of ``cfg`` on ``dev``.
+
+    The two are timed in alternating rounds, so drift (clocks, other load on the
+    machine) hits both alike and their ratio stays meaningful.
+    """
+    import dataclasses
+
     import torch
 
     from pah.data import BENCHMARKS, build_tasks, normalizer
-    from pah.trial import _precision, build_model, build_optimizer, make_batch, train_step
 
     bench = BENCHMARKS.get(cfg.data.name)()
     shape = bench.resolved_shape(cfg.data)
     bs = cfg.train.batch_size
-    need = -(-bs // shape.classes_per_task) + 2  # enough images per class for one full batch
-    cfg = type(cfg)(**{**cfg.__dict__, "data": type(cfg.data)(**{**cfg.data.__dict__, "train_per_class": max(need, 4), "test_per_class": 2})})
+    per_class = max(-(-bs // shape.classes_per_task) + 2, 4)  # enough images for one full batch
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_per_class=per_class, test_per_class=2))
     tasks = build_tasks(bench.load(cfg.data, cfg.seed), shape, cfg.data, cfg.seed, dev)
     norm = normalizer(shape, dev)
-    method = build_model(cfg, shape, dev)
-    optimizer = build_optimizer(method, cfg)
-    autocast = _precision(cfg, dev)
+    which = [0, shape.num_tasks - 1]
+    fns = {t: _at_task(cfg, shape, tasks, norm, dev, t) for t in which}
     timed = _timer(dev)
+    for t in which:
+        for _ in range(warmup):
+            fns[t]()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    readers: dict[int, list] = {t: [] for t in which}
+    per_round = max(1, -(-steps // rounds))
+    for _ in range(rounds):
+        for t in which:
+            readers[t] += [timed(fns[t]) for _ in range(per_round)]
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     runs = []
-    for t in range(shape.num_tasks):
-        method.train()
-        method.begin_task(t, tasks[t], norm)
-        if t in (0, shape.num_tasks - 1):
-            gen = torch.Generator(device=dev).manual_seed(t)
-            x_all, y_all, ids_all = method.train_data(t, tasks)
-            idx = torch.randperm(len(y_all), device=dev, generator=gen)[:bs]
-
-            def step():
-                train_step(method, optimizer, make_batch(x_all, y_all, ids_all, idx, t, gen, norm, shape.augment), autocast)
-
-            for _ in range(warmup):
-                step()
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-                torch.cuda.reset_peak_memory_stats(dev)
-            readers = [timed(step) for _ in range(steps)]
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            ms = statistics.median(r() for r in readers)
-            runs.append(
-                {
-                    "method": cfg.method.name,
-                    "backbone": cfg.model.backbone,
-                    "dataset": cfg.data.shape_like or cfg.data.name,
-                    "batch_size": bs,
-                    "task": t + 1,
-                    "old_tasks": t,
-                    "median_step_ms": round(ms, 3),
-                    "images_per_second": round(bs / ms * 1e3, 1),
-                    "peak_memory_mib": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda" else None,
-                    "gflop_per_step": round(_step_flops(step) / 1e9, 2),
-                }
-            )
-        method.end_task(t, tasks[t], norm)
+    for t in which:
+        ms = statistics.median(r() for r in readers[t])
+        runs.append(
+            {
+                "method": cfg.method.name,
+                "backbone": cfg.model.backbone,
+                "dataset": cfg.data.shape_like or cfg.data.name,
+                "batch_size": bs,
+                "task": t + 1,
+                "old_tasks": t,
+                "median_step_ms": round(ms, 3),
+                "images_per_second": round(bs / ms * 1e3, 1),
+                "peak_memory_mib": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda" else None,
+                "gflop_per_step": round(_step_flops(fns[t]) / 1e9, 2),
+            }
+        )
     return runs
 
 
