@@ -84,37 +84,34 @@ def configure(p: argparse.ArgumentParser) -> None:
         v.add_argument("--address", help="Ray dashboard URL for a Ray Job; without it JOB is a SLURM job id")
 
 
-def _sweep_name(args: argparse.Namespace) -> str:
-    if args.name:
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", args.name):
-            raise UserError(f"--name may contain only letters, digits, '.', '_' and '-': {args.name!r}")
-        return args.name
-    stem = "probe" if args.probe else Path(args.spec).stem
-    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+def _check_spec(args: argparse.Namespace) -> tuple[str | None, str]:
+    """Validate SPEC and --set before anything is queued (exit 2 on a bad one); returns (spec, name).
 
-
-def _check_spec(args: argparse.Namespace) -> str | None:
-    """A spec must exist before we queue anything: a file, or a spec shipped with the package."""
+    ``spec`` is an absolute path for a file (the job may start in another directory) or a
+    shipped name; ``name`` is the sweep's folder under --storage, fixed now so that every
+    requeue of the job resumes the same sweep.
+    """
+    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", args.name or ""):
+        raise UserError(f"--name may contain only letters, digits, '.', '_' and '-': {args.name!r}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.probe:
-        return None
+        if args.spec or args.overrides:
+            raise UserError("--probe runs no sweep: give no SPEC or --set")
+        return None, args.name or f"probe-{stamp}"
     if not args.spec:
         raise UserError("SPEC is required (a sweep spec YAML path or a shipped name), or use --probe")
+    from sweeps.spec import load_spec
+
+    loaded = load_spec(args.spec, list(args.overrides))
     path = Path(args.spec)
-    if path.is_file():
-        return str(path.resolve())
-    if path.suffix in (".yaml", ".yml") or "/" in args.spec:
-        raise UserError(f"sweep spec file not found: {args.spec}")
-    shipped = Path(__file__).resolve().parent.parent / "sweeps" / "specs"
-    names = sorted(p.stem for p in shipped.glob("*.yaml"))
-    if names and args.spec not in names:
-        raise UserError(f"unknown sweep spec {args.spec!r}; shipped specs: {', '.join(names)}")
-    return args.spec
+    spec = str(path.resolve()) if path.is_file() else args.spec
+    return spec, args.name or f"{loaded.name}-{stamp}"
 
 
 def _run_slurm(args: argparse.Namespace) -> int:
     from launch.slurm import SlurmResources, submit, wait
 
-    spec = _check_spec(args)
+    spec, name = _check_spec(args)
     resources = SlurmResources(
         partition=args.partition, nodes=args.nodes, tasks_per_node=args.tasks_per_node,
         cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node, time_min=args.time,
@@ -122,7 +119,6 @@ def _run_slurm(args: argparse.Namespace) -> int:
         sbatch=dict(args.sbatch),
     )
     storage = args.storage.expanduser().resolve()
-    name = _sweep_name(args)
     if args.probe:
         target, kwargs = "launch.probe:probe", {"storage": str(storage), "name": name}
     else:
@@ -144,8 +140,7 @@ def _run_slurm(args: argparse.Namespace) -> int:
 def _run_ray(args: argparse.Namespace) -> int:
     from launch import rayjob
 
-    spec = _check_spec(args)
-    name = _sweep_name(args)
+    spec, name = _check_spec(args)
     job_id = rayjob.submit(address=args.address, spec=spec, overrides=list(args.overrides), storage=args.storage,
                            name=name, probe=args.probe, env=dict(args.env), pip=list(args.pip))
     print(f"job: {job_id}")

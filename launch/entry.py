@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 __all__ = ["run_sweep", "main"]
@@ -40,7 +39,6 @@ def main(argv: list[str] | None = None) -> int:
 
         probe(storage=storage, name=args.name, address=address)
     else:
-        print(f"sweep: {Path(storage) / args.name}", flush=True)
         run_sweep(spec=args.spec, overrides=args.overrides, storage=storage, name=args.name, address=address)
     return 0
 

@@ -203,7 +203,9 @@ class Submission:
 def submit(target: str, kwargs: dict[str, Any], *, resources: SlurmResources, launch_dir: Path,
            job_name: str, dashboard: bool = False) -> Submission:
     """Submit one job; a refused submission (bad partition, option, limit) is a UserError with SLURM's reason."""
-    created = not launch_dir.exists()
+    created = None if launch_dir.exists() else launch_dir  # what a refused submission removes again
+    while created is not None and not created.parent.exists():
+        created = created.parent
     executor = submitit.AutoExecutor(folder=launch_dir, cluster="slurm", slurm_max_num_timeout=MAX_TIMEOUT_REQUEUES)
     executor.update_parameters(**resources.submitit_parameters(job_name=job_name))
     fn = RayClusterJob(target, kwargs, launch_dir=str(launch_dir), tasks_per_node=resources.tasks_per_node,
@@ -213,8 +215,8 @@ def submit(target: str, kwargs: dict[str, Any], *, resources: SlurmResources, la
         with contextlib.redirect_stderr(quiet):  # submitit echoes sbatch's stderr; we say it once
             job = executor.submit(fn)
     except (submitit.core.utils.FailedJobError, FileNotFoundError) as e:
-        if created:  # a refused job leaves nothing behind
-            shutil.rmtree(launch_dir, ignore_errors=True)
+        if created is not None:  # a refused job leaves nothing behind
+            shutil.rmtree(created, ignore_errors=True)
         if isinstance(e, FileNotFoundError):
             raise UserError(f"SLURM is not available here ({e.filename} not found)") from None
         raise UserError(f"sbatch refused the job: {_sbatch_reason(str(e))}") from None
