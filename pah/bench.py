@@ -43,6 +43,11 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace, extra: list[str] = ()):
     from pah.config import load_config
+    from pah.data import BENCHMARKS
+    from pah.methods import METHODS
+
+    METHODS.get(args.method)  # unknown names: exit 2 naming the valid ones
+    BENCHMARKS.get(args.dataset)
 
     shape_like = None if args.dataset == "synthetic" else args.dataset
     over = [f"model.backbone={args.backbone}", f"train.batch_size={args.batch_size}", "model.pretrained=false"]

@@ -289,6 +289,9 @@ def preset_dict(name: str) -> dict[str, Any]:
             if pair.exists():
                 raw = _deep_merge(raw, _read_yaml(pair))
             return raw
+    for d in datasets:
+        if name.startswith(d + "-"):
+            raise UserError(f"preset {name!r}: unknown method {name[len(d) + 1 :]!r}; valid: {', '.join(sorted(methods))}")
     raise UserError(f"config {name!r} is neither a YAML file nor a preset; presets are DATASET-METHOD, e.g. {', '.join(preset_names()[:3])}, ...")
 
 
