@@ -1,0 +1,46 @@
+"""The command line: help everywhere, and `pah train` / `pah bench` without the cluster stack."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_pah
+
+BLOCK = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'ray', 'optuna', 'wandb', 'submitit'}:
+            raise ImportError(f'{name} is blocked (as on a GPU box without it)')
+sys.meta_path.insert(0, _Block())
+from pah.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_train_and_bench_work_without_ray_optuna_wandb_submitit(tmp_path):
+    r = subprocess.run([sys.executable, "-c", BLOCK, "train", "split-digits-finetune", "--set", "train.epochs_per_task=1",
+                        "--out", str(tmp_path / "t")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "t" / "result.json").exists()
+    r = subprocess.run([sys.executable, "-c", BLOCK, "bench", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--batch-size" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("cmd", ["train", "sweep", "launch", "analyze", "bench"])
+def test_every_command_explains_itself(cmd):
+    r = run_pah(cmd, "--help")
+    assert r.returncode == 0 and "usage: pah " + cmd in r.stdout and len(r.stdout.splitlines()) > 5
+
+
+def test_unknown_command_and_option_exit_2():
+    r = run_pah("nope")
+    assert r.returncode == 2 and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+    r = run_pah("train", "--nope")
+    assert r.returncode == 2 and "unrecognized arguments: --nope" in r.stderr
+
+
+def test_list_presets():
+    r = run_pah("train", "--list")
+    assert r.returncode == 0 and "split-digits-pah" in r.stdout.split() and len(r.stdout.split()) == 36
