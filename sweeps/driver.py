@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,9 @@ def run_sweep(
     sweep_dir, spec_obj, state = _open(spec, overrides, storage, name, resume)
     print(f"sweep: {sweep_dir}", flush=True)
     _check_storage(sweep_dir)
+    if state["phases"]["search"].get("started"):
+        done = [p for p in PHASES if state["phases"][p]["done"]]
+        print(f"resuming {spec_obj.name} ({', '.join(done) if done else 'no phase'} done)", flush=True)
 
     with _ray(address, spec_obj):
         if not state["phases"]["search"]["done"]:
@@ -115,8 +119,6 @@ def _open(spec, overrides, storage, name, resume) -> tuple[Path, Spec, dict[str,
 def _load_state(sweep_dir: Path) -> tuple[Path, Spec, dict[str, Any]]:
     state = read_json(sweep_dir / STATE)
     spec_obj = spec_from_dict(dict(state["spec"]), name=state["spec"].get("name", "sweep"), check_configs=False)
-    print(f"resuming {sweep_dir} ({', '.join(p for p in PHASES if state['phases'][p]['done']) or 'no'} phase done)",
-          file=sys.stderr, flush=True)
     return sweep_dir, spec_obj, state
 
 
@@ -149,8 +151,16 @@ def _ray(address: str | None, spec: Spec) -> Iterator[None]:
 
     import ray
 
+    warnings.filterwarnings("ignore", message="The reported value is ignored")  # Optuna, on a restored trial
+    with contextlib.suppress(ImportError):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     for noisy in ("ray.tune.analysis.experiment_analysis", "ray.tune.utils.util"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # a failed trial's traceback goes to its error file; our progress line names it and the reason
+    for noisy in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
     if ray.is_initialized():
         yield
@@ -338,7 +348,8 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
         )
         if search:
             state["phases"]["confirm"]["search_seed"] = base_cfg.seed
-        _save(sweep_dir, state)
+    state["phases"][phase]["started"] = True
+    _save(sweep_dir, state)
     grid = tuner.fit()
     errored = [r for r in grid if r.error is not None]
     state["phases"][phase]["done"] = True

@@ -102,6 +102,8 @@ class ConciseProgress(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         out = Path(self.sweep_dir) / "trials" / self.phase / trial.trial_id
         self._print(f"{trial.trial_id} ERROR  {error_reason(trial, out)} | {self._counts(trials)}")
+        if self.enabled and getattr(trial, "path", None):  # the copy in the sweep dir outlives Ray's temp dir
+            print(f"    traceback: {Path(trial.path) / 'error.txt'}", flush=True)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}

@@ -93,7 +93,7 @@ def make_trainable(
         from ray import tune
 
         from pah.config import config_id
-        from pah.trial import run_trial
+        from pah.trial import NonFiniteLoss, run_trial
         from sweeps.spec import spec_from_dict
 
         spec = spec_from_dict(spec_dict, name=spec_dict.get("name", "sweep"), check_configs=False)
@@ -117,7 +117,7 @@ def make_trainable(
             err = read_json(err_path)
             if err.get("type") == "NonFiniteLoss" and err.get("tasks_done") == done:
                 _log(out, "error again (same checkpoint): " + err["message"])
-                raise RuntimeError(f"NonFiniteLoss: {err['message']}")
+                raise NonFiniteLoss(err["message"])
 
         def on_task_end(r) -> None:
             atomic_write_json(r.checkpoint_dir / META, {"tasks_completed": r.task + 1})

@@ -1,0 +1,277 @@
+"""`pah sweep` end to end with real Ray and real processes: quickstart, killed workers, a killed driver, NaNs.
+
+Each test runs the CLI in its own session (one private Ray cluster per test) and, whatever
+happens, kills every process left in that session by its id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("ray.tune")
+pytest.importorskip("optuna")
+
+pytestmark = pytest.mark.slow
+
+SECRET = "pah-test-secret-key-0123456789abcdef"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_"))}
+    env.update({"WANDB_MODE": "offline", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def _session_pids(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
+    return [int(p) for p, s in (line.split() for line in out.splitlines() if line.strip()) if int(s) == sid]
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of a session we started (the CLI and the Ray it started)."""
+    for _ in range(20):
+        pids = _session_pids(sid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.25)
+
+
+class Sweep:
+    """`python -m pah sweep ...` in its own session, with its output in a file."""
+
+    def __init__(self, args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None):
+        self.log = log
+        self._f = open(log, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pah", "sweep", *args], cwd=cwd, env=env or _env(),
+                                     stdout=self._f, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self, timeout: float) -> tuple[int, str]:
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.close()
+            pytest.fail(f"pah sweep did not finish in {timeout} s:\n{self.log.read_text()[-4000:]}")
+        self.close()
+        return rc, self.log.read_text()
+
+    def close(self) -> None:
+        _kill_session(self.proc.pid)
+        self._f.close()
+
+
+def _write_spec(path: Path, **fields) -> Path:
+    spec = {"base": "split-digits-pah", "resources": {"cpus": 1}, "max_concurrent": 2, "wandb": False, **fields}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _results(sweep: Path, phase: str) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (sweep / "trials" / phase).glob("*/result.json")}
+
+
+def _log_lines(trial: Path) -> list[str]:
+    return (trial / "log.txt").read_text().splitlines() if (trial / "log.txt").exists() else []
+
+
+def _wait_for(cond, timeout: float, what: str, sweep: Sweep):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        got = cond()
+        if got:
+            return got
+        if sweep.proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    sweep.close()
+    pytest.fail(f"never saw {what}:\n{sweep.log.read_text()[-4000:]}")
+
+
+# --------------------------------------------------------------------------- quickstart
+
+
+def test_quickstart_end_to_end(tmp_path):
+    """Both phases, the seed-averaged table, result.json files, offline W&B runs, no secret on disk."""
+    t0 = time.monotonic()
+    run = Sweep(["quickstart", "--storage", str(tmp_path / "sweeps"), "--name", "qs"], tmp_path, tmp_path / "out.txt",
+                env=_env(WANDB_API_KEY=SECRET))
+    rc, out = run.wait(timeout=290)
+    assert rc == 0, out[-4000:]
+    assert time.monotonic() - t0 < 300
+    sweep = tmp_path / "sweeps" / "qs"
+    assert out.splitlines()[0] == f"sweep: {sweep}"
+    assert "[search]" in out and "[confirm]" in out
+
+    state = json.loads((sweep / "sweep.json").read_text())
+    assert state["phases"]["search"]["done"] and state["phases"]["confirm"]["done"]
+    cands = state["phases"]["confirm"]["candidates"]
+    assert len(cands) == 2
+    search, confirm = _results(sweep, "search"), _results(sweep, "confirm")
+    assert 2 <= len(search) <= 6
+    assert len(confirm) == 4  # top 2 x seeds 1, 2 (seed 0 is the search trial itself)
+    ids = {c["config_id"] for c in cands}
+    assert {r["config_id"] for r in confirm.values()} == ids
+    assert sorted(r["seed"] for r in confirm.values()) == [1, 1, 2, 2]
+    for r in confirm.values():
+        assert r["schema"] == 1 and len(r["acc_matrix"]) == 5 and 0 <= r["metrics"]["avg_acc"] <= 1
+
+    # the seed-averaged table: one row per confirmed config
+    table = out[out.index("seed-averaged"):]
+    for cid in ids:
+        assert cid in table
+    assert (sweep / "optuna.db").exists()
+
+    # W&B: offline runs in the sweep dir; the API key never reaches a file
+    assert list((sweep / "wandb").glob("offline-run-*")), "no offline W&B runs"
+    for f in sweep.rglob("*"):
+        if f.is_file():
+            assert SECRET.encode() not in f.read_bytes(), f"API key written to {f}"
+
+
+# --------------------------------------------------------------------------- a killed trial worker
+
+
+def test_killed_worker_resumes_from_its_task_checkpoint(tmp_path):
+    spec = _write_spec(
+        tmp_path / "one.yaml",
+        set={"train.epochs_per_task": 4, "seed": 0},
+        space={"train.lr": {"choice": [0.002]}},
+        searcher="random", num_samples=1, scheduler="none", max_failures=2,
+    )
+    run = Sweep([str(spec), "--storage", str(tmp_path), "--name", "kw"], tmp_path, tmp_path / "out.txt")
+    sweep = tmp_path / "kw"
+
+    def after_two_tasks():
+        for d in (sweep / "trials" / "search").glob("*"):
+            if any("trained task 2/5" in ln for ln in _log_lines(d)):
+                return d
+        return None
+
+    trial = _wait_for(after_two_tasks, 120, "a trial finish its 2nd task", run)
+    pid = int((trial / "pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    assert not (trial / "result.json").exists(), "the trial finished before it could be killed"
+    rc, out = run.wait(timeout=180)
+    assert rc == 0, out[-4000:]
+
+    lines = _log_lines(trial)
+    starts = [ln for ln in lines if " start " in ln]
+    assert len(starts) == 2, lines
+    resumed_at = int(starts[1].split("tasks_done=")[1].split()[0])
+    assert 2 <= resumed_at < 5, lines  # from its last task checkpoint, not from scratch
+    trained = [ln.split("trained task ")[1] for ln in lines if "trained task" in ln]
+    assert trained.count("1/5") == 1 and trained.count("2/5") == 1  # never retrained
+    assert str(pid) not in starts[1]
+    result = json.loads((trial / "result.json").read_text())
+
+    # the same config and seed, uninterrupted, with the same thread count (1 CPU per trial)
+    ref = tmp_path / "ref"
+    r = subprocess.run(
+        [sys.executable, "-m", "pah", "train", "split-digits-pah", "--set", "train.epochs_per_task=4",
+         "--set", "train.lr=0.002", "--set", "seed=0", "--out", str(ref), "--device", "cpu", "--no-progress"],
+        env=_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"), capture_output=True, text=True, timeout=180,
+    )
+    assert r.returncode == 0, r.stderr
+    expected = json.loads((ref / "result.json").read_text())
+    assert result["config_id"] == expected["config_id"] and result["seed"] == expected["seed"] == 0
+    assert result["acc_matrix"] == expected["acc_matrix"]
+
+
+# --------------------------------------------------------------------------- a killed driver, then --resume
+
+
+def test_killed_driver_then_resume_finishes_without_retraining(tmp_path):
+    spec = _write_spec(
+        tmp_path / "four.yaml",
+        set={"train.epochs_per_task": 3},
+        space={"train.lr": {"loguniform": [0.001, 0.005]}},
+        searcher="optuna-tpe", num_samples=4, scheduler="none",
+        confirm={"top_k": 1, "seeds": [0, 1]},
+    )
+    run = Sweep([str(spec), "--storage", str(tmp_path), "--name", "kd"], tmp_path, tmp_path / "out1.txt")
+    sweep = tmp_path / "kd"
+
+    def mid_sweep():
+        trials = list((sweep / "trials" / "search").glob("*"))
+        done = [d for d in trials if (d / "result.json").exists()]
+        busy = [d for d in trials if not (d / "result.json").exists() and any("trained task" in ln for ln in _log_lines(d))]
+        return (done, busy) if done and busy else None
+
+    done, busy = _wait_for(mid_sweep, 150, "one finished and one half-trained trial", run)
+    os.kill(run.proc.pid, signal.SIGKILL)  # the driver, with no chance to clean up
+    time.sleep(0.5)
+    run.close()  # then the rest of its session, as when a job ends
+    done = [d for d in (sweep / "trials" / "search").glob("*") if (d / "result.json").exists()]
+    before = {d.name: len(_log_lines(d)) for d in done}
+    assert len(done) < 4
+
+    resume = Sweep(["--resume", str(sweep)], tmp_path, tmp_path / "out2.txt")
+    rc, out = resume.wait(timeout=240)
+    assert rc == 0, out[-4000:]
+    assert out.splitlines()[0] == f"sweep: {sweep}"
+
+    search = _results(sweep, "search")
+    assert len(search) == 4 and len(list((sweep / "trials" / "search").glob("*"))) == 4
+    for name, n in before.items():  # finished before the kill: not one task trained again
+        new = _log_lines(sweep / "trials" / "search" / name)[n:]
+        assert not [ln for ln in new if "trained task" in ln], (name, new)
+    for d in busy:
+        if d.name in before:
+            continue
+        starts = [ln for ln in _log_lines(d) if " start " in ln]
+        assert len(starts) >= 2 and int(starts[-1].split("tasks_done=")[1].split()[0]) >= 1, _log_lines(d)
+    confirm = _results(sweep, "confirm")
+    assert len(confirm) == 1 and next(iter(confirm.values()))["seed"] == 1
+    state = json.loads((sweep / "sweep.json").read_text())
+    assert state["phases"]["search"]["done"] and state["phases"]["confirm"]["done"]
+    assert "seed-averaged" in out
+
+    # the Optuna study survived in optuna.db: every search trial is in it, finished
+    import optuna
+
+    study = optuna.load_study(study_name="four", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) >= 4, [t.state for t in study.trials]
+
+
+# --------------------------------------------------------------------------- a non-finite loss
+
+
+def test_nonfinite_loss_errors_one_trial_and_the_others_finish(tmp_path):
+    spec = _write_spec(
+        tmp_path / "nan.yaml",
+        set={"train.epochs_per_task": 1},
+        space={"train.head_lr": {"choice": [1.0e9, 0.002]}},
+        searcher="grid", num_samples=1, scheduler="none", max_failures=1,
+    )
+    run = Sweep([str(spec), "--storage", str(tmp_path), "--name", "nan"], tmp_path, tmp_path / "out.txt")
+    rc, out = run.wait(timeout=180)
+    assert rc == 0, out[-4000:]
+    sweep = tmp_path / "nan"
+    trials = {json.loads((d / "params.json").read_text())["params"]["train.head_lr"]: d
+              for d in (sweep / "trials" / "search").glob("*")}
+    bad, good = trials[1.0e9], trials[0.002]
+    assert (good / "result.json").exists()
+    assert not (bad / "result.json").exists()
+    err = json.loads((bad / "error.json").read_text())
+    assert err["type"] == "NonFiniteLoss" and "non-finite loss at task 1/5" in err["message"]
+    error_lines = [ln for ln in out.splitlines() if ln.startswith("[search]") and " ERROR " in ln]
+    assert error_lines and bad.name in error_lines[0] and "non-finite loss" in error_lines[0], out[-3000:]
+    assert "NonFiniteLoss" in error_lines[0]
+    assert "1 errored" in out
+    # the retry did not train the failing task again: a non-finite loss is deterministic
+    assert sum("trained task" in ln for ln in _log_lines(bad)) == 0
+    assert any("error again" in ln for ln in _log_lines(bad))
