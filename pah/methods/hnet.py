@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pah.config import MethodParams
-from pah.methods.base import METHODS, Method
-from pah.methods.lwf import cache_teacher, old_task_distillation
+from pah.methods.base import METHODS
+from pah.methods.lwf import OldLogitDistillation
 from pah.models.heads import HyperHeads
 
 
@@ -31,9 +30,8 @@ class HNetParams(MethodParams):
 
 
 @METHODS.register("hnet")
-class HNet(Method):
+class HNet(OldLogitDistillation):
     Params = HNetParams
-    uses_teacher = True
 
     def make_conditions(self) -> nn.ParameterList:
         return nn.ParameterList(nn.Parameter(torch.randn(self.params.embedding_dim)) for _ in range(self.shape.num_tasks))
@@ -46,14 +44,3 @@ class HNet(Method):
         for i, c in enumerate(self.heads.conditions):
             c.requires_grad_(i == task)  # old conditions are frozen; future ones wait for their task
         super().begin_task(task, data, norm)
-        if self.teacher is not None:
-            with torch.no_grad():  # one batched hypernetwork call for all old heads, constant for the task
-                cache_teacher(self, task, data, norm)
-
-    def loss(self, batch):
-        all_logits = self.all_logits(batch.x, batch.task)
-        ce = F.cross_entropy(self.pick(all_logits, batch.task_ids).float(), batch.y)
-        if self.teacher is None:
-            return ce, {"ce": ce.detach()}
-        kd = old_task_distillation(self, batch, all_logits, self.params.temperature)
-        return ce + self.params.lambda_kd * kd, {"ce": ce.detach(), "kd": kd.detach()}

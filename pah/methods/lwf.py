@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from pah.config import MethodParams
 from pah.data import TaskData, to_float
-from pah.methods.base import METHODS, Batch, kl_distill
+from pah.methods.base import METHODS, Batch, Method, kl_distill
 from pah.methods.finetune import Finetune
 from pah.models.heads import apply_heads
 
@@ -55,9 +55,9 @@ def old_task_distillation(method, batch: Batch, all_logits: torch.Tensor, temper
     return kl_distill(all_logits[:, : batch.task], old_t, temperature)
 
 
-@METHODS.register("lwf")
-class LwF(Finetune):
-    Params = LwFParams
+class OldLogitDistillation(Method):
+    """CE on the current task + ``lambda_kd`` * KL(teacher || student) on every old task's head."""
+
     uses_teacher = True
 
     def begin_task(self, task, data, norm):
@@ -73,3 +73,8 @@ class LwF(Finetune):
             return ce, {"ce": ce.detach()}
         kd = old_task_distillation(self, batch, all_logits, self.params.temperature)
         return ce + self.params.lambda_kd * kd, {"ce": ce.detach(), "kd": kd.detach()}
+
+
+@METHODS.register("lwf")
+class LwF(OldLogitDistillation, Finetune):
+    Params = LwFParams
