@@ -59,8 +59,9 @@ def run_sweep(
     ``spec``: a shipped spec name, a YAML path or a :class:`Spec` (default ``quickstart``).
     ``storage``/``name``: the sweep dir is ``storage/name`` (default ``runs/sweeps`` and
     ``SPEC-YYYYmmdd-HHMMSS``); if it already holds a sweep, that sweep is resumed with its
-    saved spec. ``resume``: a sweep dir to continue. ``address``: an existing Ray cluster;
-    None starts a private local one (or uses Ray if this process already initialised it).
+    saved spec. ``resume``: a sweep dir to continue. ``address``: an existing Ray cluster
+    (default: $RAY_ADDRESS, as set by Ray Jobs); None starts a private local one, unless
+    this process has initialised Ray already, which is then used as it is.
     """
     sweep_dir, spec_obj, state = _open(spec, overrides, storage, name, resume)
     print(f"sweep: {sweep_dir}", flush=True)
@@ -69,6 +70,10 @@ def run_sweep(
         done = [p for p in PHASES if state["phases"][p]["done"]]
         print(f"resuming {spec_obj.name} ({', '.join(done) if done else 'no phase'} done)", flush=True)
 
+    phases = state["phases"]
+    if phases["search"]["done"] and (phases["confirm"]["done"] or not spec_obj.confirm.top_k):
+        print(summary_table(sweep_dir, spec_obj, state), flush=True)  # finished already: no Ray needed
+        return sweep_dir
     with _ray(address, spec_obj):
         if not state["phases"]["search"]["done"]:
             _run_phase(sweep_dir, spec_obj, state, "search", progress)
@@ -156,7 +161,8 @@ def _ray(address: str | None, spec: Spec) -> Iterator[None]:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for noisy in ("ray.tune.analysis.experiment_analysis", "ray.tune.utils.util"):
+    for noisy in ("ray.tune.analysis.experiment_analysis", "ray.tune.utils.util",
+                  "ray._private.authentication.authentication_token_setup"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # a failed trial's traceback goes to its error file; our progress line names it and the reason
     for noisy in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
@@ -166,9 +172,13 @@ def _ray(address: str | None, spec: Spec) -> Iterator[None]:
         yield
         return
     temp_dir = None
+    # Ray Jobs runs its entrypoint with RAY_ADDRESS set to its own cluster: join that one
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
-        # our own short temp dir (unix socket paths are limited to ~107 bytes), loopback only,
-        # never "auto": a shared machine may run someone else's cluster
+        # A new cluster of our own (never "auto": a shared machine may run someone else's), with
+        # its own short temp dir (unix socket paths are limited to ~107 bytes) and no dashboard.
+        # Ray 2.60 resolves 127.0.0.1 to the node's routable IP and its servers listen on every
+        # interface; what guards them is Ray's token authentication, on by default since 2.5x.
         temp_dir = tempfile.mkdtemp(prefix="pahray-", dir="/tmp")
         cpus = max(os.cpu_count() or 1, math.ceil(spec.resources.cpus))
         ray.init(
@@ -176,7 +186,6 @@ def _ray(address: str | None, spec: Spec) -> Iterator[None]:
             num_cpus=cpus,
             include_dashboard=False,
             _temp_dir=temp_dir,
-            _node_ip_address="127.0.0.1",
             log_to_driver=False,
             logging_level="warning",
             configure_logging=True,

@@ -275,3 +275,10 @@ def test_nonfinite_loss_errors_one_trial_and_the_others_finish(tmp_path):
     # the retry did not train the failing task again: a non-finite loss is deterministic
     assert sum("trained task" in ln for ln in _log_lines(bad)) == 0
     assert any("error again" in ln for ln in _log_lines(bad))
+
+    # the same command again (what a requeued SLURM job does): the finished sweep is kept as it is
+    logs = {d: _log_lines(d) for d in (bad, good)}
+    again = Sweep([str(spec), "--storage", str(tmp_path), "--name", "nan"], tmp_path, tmp_path / "out2.txt")
+    rc, out = again.wait(timeout=120)
+    assert rc == 0 and out.splitlines()[0] == f"sweep: {sweep}" and "resuming" in out, out
+    assert {d: _log_lines(d) for d in (bad, good)} == logs
