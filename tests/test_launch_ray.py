@@ -1,0 +1,130 @@
+"""`pah launch ray` against a real Ray head started here on 127.0.0.1 (Ray Jobs API)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import run_pah
+
+
+def _dashboard_missing() -> str | None:
+    from ray._private.utils import get_dashboard_dependency_error
+
+    err = get_dashboard_dependency_error()
+    return f"the Ray Jobs API needs ray[default] on the cluster ({err})" if err else None
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_dashboard_missing() is not None, reason=str(_dashboard_missing()))]
+
+
+def _free_port() -> int:
+    from launch.cluster import free_port
+
+    return free_port()
+
+
+def _ours(temp_dir: Path) -> list[int]:
+    """PIDs of processes whose command line names our head's temp dir (Ray's processes do)."""
+    pids = []
+    for p in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(temp_dir).encode() in (p / "cmdline").read_bytes():
+                pids.append(int(p.name))
+        except OSError:
+            continue
+    return [pid for pid in pids if pid != os.getpid()]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A private Ray head: own ports, own temp dir, dashboard on loopback; stopped by PID, never `ray stop`."""
+    temp_dir = Path(f"/tmp/pahray_test_{os.getpid()}")
+    dash = _free_port()
+    # as on a real cluster, the head's `python` is the environment Ray and this package live in
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path_factory.mktemp("rayhead") / "head.log"
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--disable-usage-stats",
+           f"--port={_free_port()}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=0",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+           f"--temp-dir={temp_dir}", f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
+           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+           f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+           "--min-worker-port=0", "--max-worker-port=0"]
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/api/version", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "Ray dashboard did not come up:\n" + log.read_text()
+            time.sleep(1)
+        yield url
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            for pid in _ours(temp_dir):  # job drivers run in sessions of their own
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                continue
+            time.sleep(1)
+        subprocess.run(["rm", "-rf", str(temp_dir)])
+
+
+def test_launch_ray_runs_the_sweep_as_a_ray_job(ray_head, tmp_path):
+    t0 = time.monotonic()
+    r = run_pah("launch", "ray", "quickstart", "--address", ray_head, "--storage", str(tmp_path), "--name", "qs",
+                "--set", "num_samples=2", "--set", "confirm.top_k=1", "--set", "confirm.seeds=[0,1]",
+                "--set", "train.epochs_per_task=1", env={"RAY_AUTH_MODE": "disabled"}, timeout=420)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "state: SUCCEEDED" in r.stdout and f"sweep: {tmp_path / 'qs'}" in r.stdout, out
+    assert "confirmed configs, seed-averaged" in r.stdout  # the driver's logs were streamed back
+    results = [json.loads(p.read_text()) for p in (tmp_path / "qs" / "trials").glob("*/*/result.json")]
+    confirm = list((tmp_path / "qs" / "trials" / "confirm").glob("*/result.json"))
+    assert len(confirm) == 1 and results, out
+    assert all(res["schema"] == 1 and "avg_acc" in res["metrics"] for res in results)
+    job = next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("job: "))
+
+    st = run_pah("launch", "status", job, "--address", ray_head)
+    assert st.returncode == 0 and "state: SUCCEEDED" in st.stdout, st.stdout + st.stderr
+    print(f"pah launch ray: {time.monotonic() - t0:.0f} s")
+
+
+def test_launch_ray_no_wait_and_unreachable_address(ray_head, tmp_path):
+    r = run_pah("launch", "ray", "--probe", "--address", ray_head, "--storage", str(tmp_path), "--name", "p",
+                "--no-wait", env={"RAY_AUTH_MODE": "disabled"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    job = next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("job: "))
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "p" / "probe.json").exists():
+        assert time.monotonic() < deadline, run_pah("launch", "status", job, "--address", ray_head).stdout
+        time.sleep(1)
+    assert json.loads((tmp_path / "p" / "probe.json").read_text())["nodes"] == 1
+
+    bad = run_pah("launch", "ray", "quickstart", "--address", f"http://127.0.0.1:{_free_port()}")
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and bad.stderr.count("\n") == 1, bad.stderr
