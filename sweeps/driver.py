@@ -107,7 +107,11 @@ def _open(spec, overrides, storage, name, resume) -> tuple[Path, Spec, dict[str,
         raise UserError(f"--storage {storage}: URIs are not supported yet; give a local or shared-filesystem path")
     sweep_dir = (parent / (name or f"{spec_obj.name}-{time.strftime('%Y%m%d-%H%M%S')}")).absolute()
     if (sweep_dir / STATE).is_file():  # a requeued job calls us again: continue that sweep
-        return _load_state(sweep_dir)
+        loaded = _load_state(sweep_dir)
+        if loaded[2]["spec"] != spec_obj.to_dict():
+            print(f"note: {sweep_dir} holds a sweep of another spec; continuing it with its saved spec",
+                  file=sys.stderr, flush=True)
+        return loaded
     if sweep_dir.exists() and any(sweep_dir.iterdir()):
         raise UserError(f"sweep dir {sweep_dir} exists and is not a sweep; choose another --name or --storage")
     state = {

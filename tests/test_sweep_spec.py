@@ -171,3 +171,12 @@ def test_plain_table_groups_seeds(tmp_path):
     assert "ACC %" in rows[0]
     a_row = next(r for r in rows if " A " in r)
     assert " 2 " in a_row and "85.00 ± 7.07" in a_row and "train.lr=0.001" in a_row
+
+
+def test_saved_spec_round_trips_through_json():
+    """sweep.json keeps the resolved spec; resuming rebuilds exactly the same spec from it."""
+    for name in spec_names():
+        spec = load_spec(name, ["num_samples=3"])
+        saved = json.loads(json.dumps(spec.to_dict()))
+        assert saved == spec.to_dict()
+        assert spec_from_dict(dict(saved), name=saved["name"], check_configs=False) == spec
