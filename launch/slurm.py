@@ -129,6 +129,9 @@ class RayClusterJob(submitit.helpers.Checkpointable):
         env = submitit.JobEnvironment()
         os.environ.update({k: v for k, v in ray_env().items() if k.startswith("RAY_")})
         os.environ.pop("RAY_ADDRESS", None)
+        # The contract's default. Set here too because a restored sweep (every requeue) builds
+        # Ray's W&B callback without the driver setting the mode first; unset, it asks for a key.
+        os.environ.setdefault("WANDB_MODE", "offline")
         restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         ldir = Path(self.launch_dir)
         tag = f"{env.job_id}.{restart}"  # per start, so a requeued worker never reads a stale address
