@@ -141,6 +141,9 @@ def _run_ray(args: argparse.Namespace) -> int:
     from launch import rayjob
 
     spec, name = _check_spec(args)
+    if not (args.storage.startswith(("/", "~")) or "://" in args.storage):
+        # the driver runs in a temporary working dir on the cluster: a relative path would vanish with it
+        raise UserError(f"--storage must be absolute (as the cluster sees it) or start with ~, got {args.storage!r}")
     job_id = rayjob.submit(address=args.address, spec=spec, overrides=list(args.overrides), storage=args.storage,
                            name=name, probe=args.probe, env=dict(args.env), pip=list(args.pip))
     print(f"job: {job_id}")

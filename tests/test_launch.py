@@ -58,9 +58,11 @@ def test_sbatch_reason_is_one_line():
     (["launch", "slurm"], ["SPEC"]),
     (["launch", "ray", "quickstart"], ["--address"]),
     (["launch", "ray", "quickstart", "--address", "127.0.0.1:6379"], ["http://"]),
+    (["launch", "ray", "quickstart", "--address", "http://127.0.0.1:1", "--storage", "rel/dir"], ["--storage"]),
 ])
 def test_bad_input_is_exit_2_with_one_error_line(args, words, tmp_path):
-    r = run_pah(*args, "--storage", str(tmp_path / "s") if args[1] == "slurm" else "~/x", cwd=tmp_path)
+    storage = [] if "--storage" in args else ["--storage", str(tmp_path / "s") if args[1] == "slurm" else "~/x"]
+    r = run_pah(*args, *storage, cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
