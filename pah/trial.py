@@ -93,7 +93,8 @@ def build_optimizer(method: Method, cfg: Config) -> torch.optim.Optimizer:
     groups = method.param_groups(cfg.train)
     if cfg.train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.train.lr)
+    on_cuda = next(method.parameters()).is_cuda
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=on_cuda or None)  # one kernel for all params on GPU
 
 
 def make_batch(x_all, y_all, ids_all, idx, task: int, gen: torch.Generator, norm, augment: bool) -> Batch:
