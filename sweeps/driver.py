@@ -5,8 +5,9 @@ every (re)start. It is idempotent on its sweep directory:
 
     SWEEP/sweep.json              spec, phase flags and experiment paths (atomic writes)
     SWEEP/spec.yaml               the resolved spec, for people
-    SWEEP/optuna.db               the Optuna study (SQLite), when an Optuna searcher is used
-    SWEEP/tune/search/            Ray Tune's experiment dir of phase 1 (Tuner.restore reads it)
+    SWEEP/optuna.db               the search phase's Optuna study (SQLite), once that phase ends
+    SWEEP/tune/search/            Ray Tune's experiment dir of phase 1 (Tuner.restore reads it;
+                                  .pah-snapshot/ keeps the last complete copy of its state)
     SWEEP/tune/confirm/           ... of phase 2
     SWEEP/trials/search/ID/       one trial: result.json, checkpoint/, params.json, log.txt
     SWEEP/trials/confirm/ID/
@@ -230,23 +231,46 @@ def _param_space(spec: Spec, phase: str, state: dict[str, Any]) -> dict[str, Any
     return space
 
 
-def _searcher(spec: Spec, sweep_dir: Path, seed: int):
+def _searcher(spec: Spec, seed: int):
     if not spec.searcher.startswith("optuna"):
         return None  # Tune's BasicVariantGenerator: random sampling, or the grid
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'optuna.db'}")
+    # The study lives in memory and is pickled with Tune's own experiment snapshots, so a
+    # restored searcher always agrees with the restored trials. (An RDB storage runs ahead
+    # of the snapshot: after a driver crash Tune re-runs a trial that the database already
+    # holds as finished, and Optuna refuses the report.) SWEEP/optuna.db is a copy written
+    # when the search phase ends; see _export_study.
     multi = spec.searcher == "optuna-multi"
-    search = OptunaSearch(
+    return OptunaSearch(
         metric=list(spec.metrics) if multi else spec.metrics[0],
         mode=list(spec.modes) if multi else spec.modes[0],
         sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True),
         study_name=spec.name,
-        storage=storage,
-    )
-    return search  # TuneConfig.max_concurrent_trials wraps it in a ConcurrencyLimiter
+    )  # TuneConfig.max_concurrent_trials wraps it in a ConcurrencyLimiter
+
+
+def _export_study(sweep_dir: Path) -> None:
+    """Copy the search phase's Optuna study from Tune's last searcher snapshot to SWEEP/optuna.db."""
+    states = sorted((sweep_dir / "tune" / "search").glob("searcher-state-*.pkl"))  # named by session start
+    if not states:
+        return
+    try:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch()
+        searcher.restore(str(states[-1]))
+        while not hasattr(searcher, "_ot_study") and hasattr(searcher, "searcher"):  # a ConcurrencyLimiter
+            searcher = searcher.searcher
+        study = searcher._ot_study
+        tmp = sweep_dir / ".optuna.db.tmp"
+        tmp.unlink(missing_ok=True)
+        optuna.copy_study(from_study_name=study.study_name, from_storage=study._storage, to_storage=f"sqlite:///{tmp}")
+        os.replace(tmp, sweep_dir / "optuna.db")
+    except Exception as e:  # the sweep's results do not depend on this copy
+        print(f"note: could not write {sweep_dir / 'optuna.db'} ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
 
 
 def _scheduler(spec: Spec, num_tasks: int):
@@ -308,6 +332,7 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
     from ray import tune
 
     from sweeps.progress import ConciseProgress
+    from sweeps.snapshot import SnapshotGuard, fill_missing_checkpoints, repair
     from sweeps.trainable import make_trainable
 
     base_cfg = spec.trial_config()
@@ -325,6 +350,12 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
         return
 
     t0 = time.monotonic()
+    fixed = repair(exp_path) if exp_path.is_dir() else []
+    if exp_path.is_dir():
+        fill_missing_checkpoints(exp_path)
+    if fixed:
+        print(f"[{phase}] the driver died while Ray wrote its snapshot: using the last good copy of {', '.join(fixed)}",
+              flush=True)
     if tune.Tuner.can_restore(str(exp_path)):
         print(f"[{phase}] restoring {exp_path}", flush=True)
         tuner = tune.Tuner.restore(
@@ -338,14 +369,15 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
         metric, mode = spec.metrics[0], spec.modes[0]
         search = phase == "search"
         callbacks: list[Any] = [
-            ConciseProgress(phase, metric, mode, sweep_dir=str(sweep_dir), enabled=progress, candidates=candidates)
+            ConciseProgress(phase, metric, mode, sweep_dir=str(sweep_dir), enabled=progress, candidates=candidates),
+            SnapshotGuard(str(exp_path)),
         ]
         callbacks += _wandb_callback(spec, sweep_dir, candidates)
         tuner = tune.Tuner(
             trainable,
             param_space=_param_space(spec, phase, state),
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(spec, sweep_dir, base_cfg.seed) if search else None,
+                search_alg=_searcher(spec, base_cfg.seed) if search else None,
                 scheduler=_scheduler(spec, num_tasks) if search else None,
                 num_samples=spec.num_samples if search else 1,
                 max_concurrent_trials=spec.max_concurrent,
@@ -364,6 +396,8 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
     state["phases"][phase]["started"] = True
     _save(sweep_dir, state)
     grid = tuner.fit()
+    if phase == "search" and spec.searcher.startswith("optuna"):
+        _export_study(sweep_dir)
     errored = [r for r in grid if r.error is not None]
     state["phases"][phase]["done"] = True
     state["phases"][phase]["seconds"] = round(state["phases"][phase].get("seconds", 0.0) + time.monotonic() - t0, 1)

@@ -214,6 +214,10 @@ def test_killed_driver_then_resume_finishes_without_retraining(tmp_path):
     os.kill(run.proc.pid, signal.SIGKILL)  # the driver, with no chance to clean up
     time.sleep(0.5)
     run.close()  # then the rest of its session, as when a job ends
+    # the worst moment to die: while Ray rewrote its snapshot in place (it truncates, then writes)
+    for pattern in ("experiment_state-*.json", "search_gen_state-*", "searcher-state-*"):
+        for f in (sweep / "tune" / "search").glob(pattern):
+            f.write_bytes(b"")
     done = [d for d in (sweep / "trials" / "search").glob("*") if (d / "result.json").exists()]
     before = {d.name: len(_log_lines(d)) for d in done}
     assert len(done) < 4
@@ -222,6 +226,7 @@ def test_killed_driver_then_resume_finishes_without_retraining(tmp_path):
     rc, out = resume.wait(timeout=240)
     assert rc == 0, out[-4000:]
     assert out.splitlines()[0] == f"sweep: {sweep}"
+    assert " ERROR " not in out and "last good copy" in out
 
     search = _results(sweep, "search")
     assert len(search) == 4 and len(list((sweep / "trials" / "search").glob("*"))) == 4

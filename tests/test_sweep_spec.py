@@ -180,3 +180,18 @@ def test_saved_spec_round_trips_through_json():
         saved = json.loads(json.dumps(spec.to_dict()))
         assert saved == spec.to_dict()
         assert spec_from_dict(dict(saved), name=saved["name"], check_configs=False) == spec
+
+
+def test_snapshot_guard_restores_half_written_files(tmp_path):
+    pytest.importorskip("ray.tune")
+    from sweeps.snapshot import backup, repair
+
+    (tmp_path / "experiment_state-1.json").write_text('{"trials": 3}')
+    (tmp_path / "searcher-state-1.pkl").write_bytes(b"pickle")
+    backup(tmp_path)
+    (tmp_path / "experiment_state-1.json").write_text("")  # truncated by a kill mid-copy
+    (tmp_path / "searcher-state-1.pkl").write_bytes(b"newer")  # complete: kept as it is
+    backup(tmp_path)  # a broken file never replaces its good copy
+    assert repair(tmp_path) == ["experiment_state-1.json"]
+    assert (tmp_path / "experiment_state-1.json").read_text() == '{"trials": 3}'
+    assert (tmp_path / "searcher-state-1.pkl").read_bytes() == b"newer"
