@@ -194,26 +194,26 @@ class RayNode:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, *, grace_s: float = 15.0) -> None:
-        """Stop this node's processes only: its ``ray start`` and its session (process group)."""
+    def stop(self, *, grace_s: float = 10.0) -> None:
+        """Stop this node's processes only: its ``ray start`` and its session (process group).
+
+        SIGTERM goes to ``ray start`` alone: it drains the node and stops its children in
+        order (~2 s). A signal to the whole group would kill the GCS first and leave it
+        waiting for the GCS. Whatever is left after ``grace_s`` is killed with the group.
+        """
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # raylet & co. may outlive `ray start` a moment; they share its process group
         try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=grace_s)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:  # raylet & co. may outlive `ray start` a moment; they share its process group
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        proc.wait()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def _tail(self, n: int = 30) -> str:

@@ -184,7 +184,8 @@ class RayClusterJob(submitit.helpers.Checkpointable):
             while node.alive() and not done_file.exists():
                 time.sleep(1.0)
         finally:
-            node.stop()
+            # The run is over (or failed): no need to drain through a head that is going away.
+            node.stop(grace_s=2.0)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Requeue with the same arguments (same sweep name): the next start resumes the sweep."""
