@@ -246,7 +246,8 @@ def _slurm(cmd: list[str]) -> subprocess.CompletedProcess:
 def job_state(job_id: str) -> str:
     """The job's state as accounting sees it (``PENDING``, ``RUNNING``, ``COMPLETED``, ...)."""
     out = _slurm(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"])
-    states = [s.split()[0] for s in out.stdout.split() if s.strip()] if out.returncode == 0 else []
+    # one line per start of the job ("CANCELLED by 0", "REQUEUED", ...): the last is the current one
+    states = [ln.split()[0] for ln in out.stdout.splitlines() if ln.strip()] if out.returncode == 0 else []
     if states:
         return states[-1]
     out = _slurm(["squeue", "-h", "-j", job_id, "-o", "%T"])
@@ -254,22 +255,27 @@ def job_state(job_id: str) -> str:
 
 
 def status(job_id: str) -> int:
-    q = _slurm(["squeue", "-j", job_id, "-o", "%.10i %.20j %.10T %.10M %.6D %R"])
-    if q.returncode == 0 and len(q.stdout.splitlines()) > 1:
-        print(q.stdout.rstrip())
-    a = _slurm(["sacct", "-j", job_id, "-o", "JobID,JobName%20,State,Elapsed,NodeList,ExitCode"])
-    if a.returncode == 0 and a.stdout.strip():
-        print(a.stdout.rstrip())
-    elif q.returncode != 0:
-        raise UserError(f"unknown job {job_id}: {(q.stderr or a.stderr).strip().splitlines()[-1:]}")
+    """Print what SLURM knows about the job: the queue entry if queued, its accounting record, its state."""
+    acct = _slurm(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "JobID,JobName,State,Elapsed,NodeList,ExitCode"])
+    rows = [ln.split("|") for ln in acct.stdout.splitlines() if ln.strip()] if acct.returncode == 0 else []
+    queued = _queued(job_id)
+    if not rows and not queued:
+        raise UserError(f"unknown SLURM job {job_id!r} (not in squeue or sacct)")
+    if queued:
+        print(_slurm(["squeue", "-j", job_id, "-o", "%.10i %.30j %.10T %.10M %.6D %R"]).stdout.rstrip())
+    for jid, name, _, elapsed, nodes, code in rows[-1:]:
+        print(f"job: {jid}\nname: {name}\nelapsed: {elapsed}\nnodes: {nodes}\nexit code: {code}")
     print(f"state: {job_state(job_id)}")
     return 0
 
 
 def cancel(job_id: str) -> int:
+    if not _queued(job_id):  # scancel exits 0, silently, for a job id it does not know
+        raise UserError(f"SLURM job {job_id!r} is not queued or running (state: {job_state(job_id)})")
     out = _slurm(["scancel", job_id])
     if out.returncode != 0:
-        raise UserError(f"scancel {job_id} failed: {out.stderr.strip() or out.stdout.strip()}")
+        reason = (out.stderr.strip() or out.stdout.strip()).splitlines()[-1:] or ["no reason given"]
+        raise UserError(f"scancel {job_id} failed: {reason[0].replace('scancel: error: ', '')}")
     print(f"cancelled: {job_id}")
     return 0
 

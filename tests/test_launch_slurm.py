@@ -145,3 +145,18 @@ def test_quickstart_sweep_survives_scontrol_requeue(tmp_path):
         assert all("finished" in ln for ln in added), added
         assert (trial / "result.json").stat().st_mtime_ns == mtime
     print(f"requeue test: {time.monotonic() - t0:.0f} s (requeue after {t_requeue - t0:.0f} s)")
+
+
+def test_status_and_cancel(tmp_path):
+    r = run_pah("launch", "slurm", "--probe", "--cpus-per-task", "1", "--time", "5", "--storage", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    job = _field(r.stdout, "job")
+    assert f"pah launch cancel {job}" in r.stdout and f"pah launch status {job}" in r.stdout
+    st = run_pah("launch", "status", job)
+    assert st.returncode == 0 and re.search(r"^state: (PENDING|RUNNING)$", st.stdout, re.M), st.stdout + st.stderr
+    c = run_pah("launch", "cancel", job)
+    assert c.returncode == 0 and f"cancelled: {job}" in c.stdout, c.stdout + c.stderr
+    assert _wait_job(job, timeout_s=60) == "CANCELLED"  # accounting sees it: submitit would too
+    again = run_pah("launch", "cancel", job)
+    assert again.returncode == 2 and again.stderr.startswith("error:") and "CANCELLED" in again.stderr
+    assert run_pah("launch", "status", "999999").returncode == 2
