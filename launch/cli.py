@@ -45,28 +45,32 @@ def configure(p: argparse.ArgumentParser) -> None:
         q.add_argument("--probe", action="store_true",
                        help="instead of a sweep, a one-minute Ray Tune check of the cluster (probe.json)")
 
-    s = sub.add_parser("slurm", help="one SLURM job (submitit): a Ray cluster across it, the sweep on its head")
+    s = sub.add_parser("slurm", help="one SLURM job (submitit): a Ray cluster across it, the sweep on its head",
+                       description="Submit the sweep as one SLURM job: a Ray cluster across the allocation, the "
+                                   "sweep driver on its head. Prints job: ID and sweep: DIR. See docs/slurm.md.")
     sweep_args(s)
-    s.add_argument("--storage", type=Path, default=DEFAULT_STORAGE,
+    s.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, metavar="DIR",
                    help=f"shared-filesystem folder for sweeps and job logs (default {DEFAULT_STORAGE})")
-    s.add_argument("--partition")
-    s.add_argument("--nodes", type=int, default=1)
+    s.add_argument("--partition", metavar="P", help="SLURM partition (default: the cluster's default)")
+    s.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes, one Ray node each (default 1)")
     s.add_argument("--tasks-per-node", type=int, default=1,
                    help="Ray nodes per SLURM node (default 1; 2 tests a multi-node cluster on one machine)")
-    s.add_argument("--gpus-per-node", type=int, default=0)
-    s.add_argument("--cpus-per-task", type=int, default=4, help="CPUs per Ray node (default 4)")
+    s.add_argument("--gpus-per-node", type=int, default=0, metavar="G", help="GPUs per node (default 0)")
+    s.add_argument("--cpus-per-task", type=int, default=4, metavar="C", help="CPUs per Ray node (default 4)")
     s.add_argument("--time", type=int, default=240, metavar="MINUTES",
                    help="time limit per start; at the limit the job requeues and resumes (default 240)")
-    s.add_argument("--mem-gb", type=float)
-    s.add_argument("--account")
-    s.add_argument("--qos")
-    s.add_argument("--constraint")
+    s.add_argument("--mem-gb", type=float, metavar="M", help="memory per node in GB (default: the partition's)")
+    s.add_argument("--account", metavar="A", help="SLURM account to charge")
+    s.add_argument("--qos", metavar="Q", help="SLURM quality of service")
+    s.add_argument("--constraint", metavar="C", help="node features, e.g. a100")
     s.add_argument("--sbatch", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="any other sbatch option, e.g. --sbatch exclusive= --sbatch gres=gpu:a100:4")
     s.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on the head's 127.0.0.1")
     s.add_argument("--wait", action="store_true", help="wait for the job to end (requeues included)")
 
-    r = sub.add_parser("ray", help="a Ray Job on a running Ray cluster (cloud, KubeRay, on-prem)")
+    r = sub.add_parser("ray", help="a Ray Job on a running Ray cluster (cloud, KubeRay, on-prem)",
+                       description="Submit the sweep as a Ray Job to a running Ray cluster and stream its logs. "
+                                   "Templates for AWS, GCP and KubeRay: launch/templates/. See docs/slurm.md.")
     sweep_args(r)
     r.add_argument("--address", required=True, help="the cluster's dashboard URL, e.g. http://HOST:8265")
     r.add_argument("--storage", default="~/pah/sweeps",
