@@ -136,6 +136,9 @@ def test_quickstart_end_to_end(tmp_path):
 
     # W&B: offline runs in the sweep dir; the API key never reaches a file
     assert list((sweep / "wandb").glob("offline-run-*")), "no offline W&B runs"
+    for tid, r in confirm.items():  # grouped by config_id, so W&B groups the seeds of a config
+        run_file = next((sweep / "wandb").glob(f"offline-run-*-{tid}/run-{tid}.wandb"))
+        assert r["config_id"].encode() in run_file.read_bytes()
     for f in sweep.rglob("*"):
         if f.is_file():
             assert SECRET.encode() not in f.read_bytes(), f"API key written to {f}"
