@@ -100,6 +100,8 @@ def _open(spec, overrides, storage, name, resume) -> tuple[Path, Spec, dict[str,
         if overrides:
             raise UserError("--set: cannot change the spec of a sweep being resumed")
         return _load_state(sweep_dir)
+    if isinstance(spec, Spec) and overrides:
+        raise UserError("overrides: apply them when loading the spec (load_spec(name, overrides)), not to a Spec")
     spec_obj = spec if isinstance(spec, Spec) else load_spec(spec or "quickstart", list(overrides))
     if name is not None and (not name or "/" in name or name in (".", "..")):
         raise UserError(f"--name {name!r}: expected a plain directory name")
@@ -235,7 +237,8 @@ def _searcher(spec: Spec, seed: int):
     if not spec.searcher.startswith("optuna"):
         return None  # Tune's BasicVariantGenerator: random sampling, or the grid
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from sweeps.search import SequenceOptunaSearch
 
     # The study lives in memory and is pickled with Tune's own experiment snapshots, so a
     # restored searcher always agrees with the restored trials. (An RDB storage runs ahead
@@ -243,7 +246,7 @@ def _searcher(spec: Spec, seed: int):
     # holds as finished, and Optuna refuses the report.) SWEEP/optuna.db is a copy written
     # when the search phase ends; see _export_study.
     multi = spec.searcher == "optuna-multi"
-    return OptunaSearch(
+    return SequenceOptunaSearch(
         metric=list(spec.metrics) if multi else spec.metrics[0],
         mode=list(spec.modes) if multi else spec.modes[0],
         sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True),
