@@ -19,14 +19,20 @@ from pah.models.heads import HyperHeads
 
 
 @dataclass(frozen=True)
-class HNetParams(MethodParams):
-    name: str = "hnet"
-    embedding_dim: int = 32
+class HyperParams(MethodParams):
+    """What every hypernetwork method has: the hypernetwork's size and the logit distillation."""
+
     hyper_hidden: int = 64
     hyper_layers: int = 1
     #: weight of the old-task logit distillation (the reference's "stability")
     lambda_kd: float = 0.5
     temperature: float = 2.0
+
+
+@dataclass(frozen=True)
+class HNetParams(HyperParams):
+    name: str = "hnet"
+    embedding_dim: int = 32
 
 
 @METHODS.register("hnet")

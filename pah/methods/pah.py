@@ -32,13 +32,13 @@ from torch import nn
 from pah.data import to_float
 from pah.errors import UserError
 from pah.methods.base import METHODS, kl_distill
-from pah.methods.hnet import HNet, HNetParams
+from pah.methods.hnet import HNet, HyperParams
 from pah.methods.lwf import old_task_distillation
 from pah.models.heads import apply_heads
 
 
 @dataclass(frozen=True)
-class PAHParams(HNetParams):
+class PAHParams(HyperParams):
     name: str = "pah"
     hyper_hidden: int = 16
     prototype_size: int = 10
