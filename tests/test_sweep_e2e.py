@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +39,31 @@ def _session_pids(sid: int) -> list[int]:
 
 
 def _kill_session(sid: int) -> None:
-    """SIGKILL every process of a session we started (the CLI and the Ray it started)."""
+    """SIGKILL every process of a session we started (the CLI and the Ray it started).
+
+    A driver killed this way cannot remove its Ray temp dir: remove it here, found in the
+    command lines of that session's own Ray processes.
+    """
+    temp_dirs = _ray_temp_dirs(sid)
+    try:
+        _kill_pids(sid)
+    finally:
+        for d in temp_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _ray_temp_dirs(sid: int) -> set[str]:
+    found = set()
+    for pid in _session_pids(sid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        found.update(re.findall(r"/tmp/pahray-[A-Za-z0-9_]+", cmd))
+    return found
+
+
+def _kill_pids(sid: int) -> None:
     for _ in range(20):
         pids = _session_pids(sid)
         if not pids:
@@ -68,8 +94,15 @@ class Sweep:
         self.close()
         return rc, self.log.read_text()
 
+    def kill_driver(self) -> None:
+        """SIGKILL the driver alone, as a crash would (its Ray temp dir is removed by close())."""
+        self._temp_dirs = _ray_temp_dirs(self.proc.pid)
+        os.kill(self.proc.pid, signal.SIGKILL)
+
     def close(self) -> None:
         _kill_session(self.proc.pid)
+        for d in getattr(self, "_temp_dirs", ()):
+            shutil.rmtree(d, ignore_errors=True)
         self._f.close()
 
 
@@ -214,7 +247,7 @@ def test_killed_driver_then_resume_finishes_without_retraining(tmp_path):
         return (done, busy) if done and busy else None
 
     done, busy = _wait_for(mid_sweep, 150, "one finished and one half-trained trial", run)
-    os.kill(run.proc.pid, signal.SIGKILL)  # the driver, with no chance to clean up
+    run.kill_driver()  # with no chance to clean up
     time.sleep(0.5)
     run.close()  # then the rest of its session, as when a job ends
     # the worst moment to die: while Ray rewrote its snapshot in place (it truncates, then writes)
