@@ -52,7 +52,9 @@ def _config(args: argparse.Namespace, extra: list[str] = ()):
     shape_like = None if args.dataset == "synthetic" else args.dataset
     over = [f"model.backbone={args.backbone}", f"train.batch_size={args.batch_size}", "model.pretrained=false"]
     if shape_like:
-        over.append(f"data.shape_like={shape_like}")
+        # the synthetic stand-in augments exactly when the dataset's own preset does
+        augment = load_config(f"{shape_like}-{args.method}").data.augment
+        over += [f"data.shape_like={shape_like}"] + ([] if augment is None else [f"data.augment={augment}"])
     if args.tasks:
         over.append(f"data.num_tasks={args.tasks}")
     return load_config(f"synthetic-{args.method}", [*over, *args.overrides, *extra])
