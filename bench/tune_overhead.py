@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -71,6 +72,7 @@ def main() -> int:
         "whole_sweep_command_s": [round(x, 2) for x in sweep_s],
         "host": os.uname().nodename, "load_average": os.getloadavg(),
     }
+    shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out, indent=2))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
