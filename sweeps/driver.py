@@ -292,20 +292,26 @@ def _scheduler(spec: Spec, num_tasks: int):
     )
 
 
-def _wandb_callback(spec: Spec, sweep_dir: Path, candidates: list[dict[str, Any]] | None) -> list[Any]:
-    if not spec.wandb.enabled:
-        return []
+def _wandb_env(spec: Spec) -> str:
+    """Resolve the W&B mode (spec, then $WANDB_MODE, then offline) and put it in the environment:
+    Ray's callback reads it there, on a fresh start and on a restore alike."""
     mode = spec.wandb.mode or os.environ.get("WANDB_MODE") or "offline"
-    if mode == "disabled":
+    if spec.wandb.enabled and mode != "disabled":
+        os.environ["WANDB_MODE"] = mode
+        if mode != "online":
+            os.environ.pop("WANDB_API_KEY", None)  # offline needs no key: keep it out of Ray's runtime env
+    return mode
+
+
+def _wandb_callback(spec: Spec, sweep_dir: Path, candidates: list[dict[str, Any]] | None) -> list[Any]:
+    mode = _wandb_env(spec)
+    if not spec.wandb.enabled or mode == "disabled":
         return []
     try:
         from ray.air.integrations.wandb import WandbLoggerCallback
     except ImportError as e:  # wandb missing: the sweep runs without it
         print(f"note: W&B logging skipped ({e})", file=sys.stderr, flush=True)
         return []
-    os.environ["WANDB_MODE"] = mode  # Ray's callback reads the mode from the environment
-    if mode != "online":
-        os.environ.pop("WANDB_API_KEY", None)  # offline needs no key: keep it out of Ray's runtime env
 
     class GroupedWandb(WandbLoggerCallback):
         """W&B runs grouped by config_id, so the seeds of one config share a group."""
@@ -361,6 +367,7 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
               flush=True)
     if tune.Tuner.can_restore(str(exp_path)):
         print(f"[{phase}] restoring {exp_path}", flush=True)
+        _wandb_env(spec)  # the restored W&B callback needs the mode too
         tuner = tune.Tuner.restore(
             str(exp_path), trainable, resume_unfinished=True, resume_errored=True,
             param_space=_param_space(spec, phase, state),
