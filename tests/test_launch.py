@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import run_pah
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "launch" / "templates"
