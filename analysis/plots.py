@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from analysis.report import fmt_field
 from analysis.stats import Summary
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def group_labels(s: Summary) -> list[str]:
     labels = []
     for i, (_, r) in enumerate(s.table.iterrows()):
         parts = [s.label(i)]
-        parts += [f"{c.rsplit('.', 1)[-1]}={r[c]}" for c in s.extra[:4]]
+        parts += [f"{c.rsplit('.', 1)[-1]}={fmt_field(r[c])}" for c in s.extra[:4] if fmt_field(r[c]) != "—"]
         labels.append(" ".join(parts))
     return labels
 

@@ -50,7 +50,7 @@ def records(s: Summary) -> list[dict[str, Any]]:
     return [{c: _plain(row[c]) for c in cols} for _, row in s.table.iterrows()]
 
 
-def _cell(v: Any) -> str:
+def fmt_field(v: Any) -> str:
     """A group field for people: '—' where the key does not apply, 32 rather than 32.0."""
     v = _plain(v)
     if v is None:
@@ -81,7 +81,7 @@ def _human_rows(s: Summary, *, ci: bool) -> tuple[list[str], list[list[str]]]:
         head += [f"p {HEADERS[m].split()[0]}" for m in METRICS]
     body = []
     for _, r in s.table.iterrows():
-        cells = [_cell(r[f]) for f in [*s.by, *extra]] + [str(int(r["n"]))]
+        cells = [fmt_field(r[f]) for f in [*s.by, *extra]] + [str(int(r["n"]))]
         for m in METRICS:
             cell = _pct(r[f"{m}_mean"], r[f"{m}_std"])
             c = _num(r[f"{m}_ci95"])
