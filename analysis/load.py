@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pah import metrics
+from pah.config import flatten
 from pah.errors import UserError
 
 if TYPE_CHECKING:
@@ -57,19 +58,6 @@ class Results:
         return lines
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "."))
-        elif isinstance(v, list):
-            out[key] = json.dumps(v)  # hashable and comparable in a group-by
-        else:
-            out[key] = v
-    return out
-
-
 def parse_result(obj: Any) -> dict[str, Any]:
     """One result.json object -> one tidy row. Raises ValueError saying what is wrong."""
     if not isinstance(obj, dict):
@@ -107,9 +95,9 @@ def parse_result(obj: Any) -> dict[str, Any]:
         row["train_seconds"] = float(timing["train_seconds"])
     config = obj.get("config") or {}
     if isinstance(config, dict):
-        for k, v in _flatten(config).items():
+        for k, v in flatten(config).items():
             if k != "seed":  # the seed is a row, not a hyperparameter
-                row.setdefault(k, v)
+                row.setdefault(k, json.dumps(v) if isinstance(v, list) else v)  # lists: hashable for a group-by
     return row
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "config_id",
     "preset_names",
     "parse_overrides",
+    "flatten",
 ]
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -307,6 +308,17 @@ def source_dict(source: str | Path) -> dict[str, Any]:
             raw = _deep_merge(preset_dict(str(base)), raw)
         return raw
     return preset_dict(str(source))
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the dotted keys that ``--set`` and sweep specs use."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from pah.config import flatten
 from pah.errors import UserError
 
 __all__ = [
@@ -222,7 +223,7 @@ def spec_from_dict(raw: dict[str, Any], *, name: str = "sweep", check_configs: b
     sets = raw.pop("set", None) or {}
     if not isinstance(sets, dict):
         raise UserError(f"spec.set: expected a mapping of config keys to values, got {sets!r}")
-    sets = _flatten(sets)
+    sets = flatten(sets)
 
     searcher = raw.pop("searcher", "optuna-tpe")
     if searcher not in SEARCHERS:
@@ -299,17 +300,6 @@ def spec_from_dict(raw: dict[str, Any], *, name: str = "sweep", check_configs: b
     if check_configs:
         _check_configs(spec)
     return spec
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _int(v: Any, key: str, lo: int) -> int:
