@@ -84,7 +84,8 @@ class PAH(HNet):
                 old = torch.stack(list(self.heads.conditions[:task])).flatten(0, 1)
                 W, b = self.teacher.cached_old_heads
                 owner = torch.arange(task, device=old.device).repeat_interleave(self.shape.classes_per_task)
-                feats = self.teacher.backbone(self.proto_images(old))
+                self.old_proto_inputs = self.proto_images(old)  # frozen: upsampled once per task
+                feats = self.teacher.backbone(self.old_proto_inputs)
                 self.old_proto_targets = torch.einsum("rd,rkd->rk", feats, W[owner]) + b[owner]
 
     def loss(self, batch):
@@ -95,8 +96,7 @@ class PAH(HNet):
         if t > 0:
             n_old = p.proto_replay or K
             pick = torch.randint(0, t * K, (n_old,), device=batch.x.device, generator=batch.generator)
-            old = torch.stack(list(self.heads.conditions[:t])).flatten(0, 1)[pick]
-            inputs.append(self.proto_images(old).to(batch.x.dtype))
+            inputs.append(self.old_proto_inputs[pick].to(batch.x.dtype))
         feats = self.backbone(torch.cat(inputs))  # the one student backbone pass
         W, b = self.heads.heads(range(t + 1))  # the one hypernetwork call
         all_logits = apply_heads(feats[:B], W, b)
