@@ -159,6 +159,10 @@ def _ray(address: str | None, spec: Spec) -> Iterator[None]:
     # Tune's own per-trial loggers would write a second kind of result.json inside the sweep dir,
     # which `pah analyze SWEEP` must not mistake for a trial's; the trial dirs hold the real ones.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Tune snapshots the experiment at most every 10 s by default: a driver killed in that window
+    # forgets the trials started since, and a restore samples new ones in their place (their dirs
+    # stay behind as unfinished). Our experiment state is small: snapshot every 2 s.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     import logging
 
     import ray

@@ -81,7 +81,7 @@ def repair(exp_dir: Path) -> list[str]:
 
 
 class SnapshotGuard(Callback):
-    def __init__(self, exp_dir: str, every_s: float = 2.0):
+    def __init__(self, exp_dir: str, every_s: float = 0.5):
         self.exp_dir = exp_dir
         self.every_s = every_s
         self._last = 0.0

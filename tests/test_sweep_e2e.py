@@ -240,10 +240,15 @@ def test_killed_driver_then_resume_finishes_without_retraining(tmp_path):
     run = Sweep([str(spec), "--storage", str(tmp_path), "--name", "kd"], tmp_path, tmp_path / "out1.txt")
     sweep = tmp_path / "kd"
 
+    def known_to_tune(d):  # in the last good snapshot, the one a restore starts from
+        snaps = (sweep / "tune" / "search" / ".pah-snapshot").glob("experiment_state-*.json")
+        return any(d.name in p.read_text(errors="ignore") for p in snaps)
+
     def mid_sweep():
         trials = list((sweep / "trials" / "search").glob("*"))
         done = [d for d in trials if (d / "result.json").exists()]
-        busy = [d for d in trials if not (d / "result.json").exists() and any("trained task" in ln for ln in _log_lines(d))]
+        busy = [d for d in trials if not (d / "result.json").exists()
+                and any("trained task" in ln for ln in _log_lines(d)) and known_to_tune(d)]
         return (done, busy) if done and busy else None
 
     done, busy = _wait_for(mid_sweep, 150, "one finished and one half-trained trial", run)
@@ -265,10 +270,16 @@ def test_killed_driver_then_resume_finishes_without_retraining(tmp_path):
     assert " ERROR " not in out and "last good copy" in out
 
     search = _results(sweep, "search")
-    assert len(search) == 4 and len(list((sweep / "trials" / "search").glob("*"))) == 4
+    assert len(search) == 4
+    # Tune snapshots its experiment every few seconds: a trial started after the last snapshot
+    # is unknown to the restored experiment, which samples another in its place. Such a trial
+    # (at most one per concurrent slot) is left unfinished; everything Tune knew about continues.
+    orphans = [d for d in (sweep / "trials" / "search").glob("*") if d.name not in search]
+    assert len(orphans) <= 2 and not any((d / "result.json").exists() for d in orphans)
     for name, n in before.items():  # finished before the kill: not one task trained again
         new = _log_lines(sweep / "trials" / "search" / name)[n:]
         assert not [ln for ln in new if "trained task" in ln], (name, new)
+    assert not set(orphans) & set(busy)  # a trial Tune knew about is never orphaned
     for d in busy:
         if d.name in before:
             continue
