@@ -154,11 +154,8 @@ def _avg_curves(stacks: list[tuple[str, np.ndarray]]) -> Figure:
         (line,) = ax.plot(x, m, marker="o", ms=3, label=label)
         ax.fill_between(x, np.clip(m - h, 0, 100), np.clip(m + h, 0, 100), color=line.get_color(), alpha=0.2, lw=0)
     ax.set_xticks(range(1, T_max + 1))
-    ax.set_xlabel("tasks trained")
-    ax.set_ylabel("average accuracy over tasks seen (%)")
-    ax.set_title("Average accuracy over the sequence (band: 95% CI over seeds)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    _finish(ax, "tasks trained", "average accuracy over tasks seen (%)",
+            "Average accuracy over the sequence (band: 95% CI over seeds)")
     return fig
 
 
@@ -180,12 +177,18 @@ def _tradeoff(s: Summary, labels: list[str]) -> Figure:
             label="Pareto front")
     ax.scatter([fm[i] for i in front], [acc[i] for i in front], s=220, facecolors="none", edgecolors="black",
                lw=1.5, zorder=3)
-    ax.set_xlabel("forgetting (%)  ← less is better")
-    ax.set_ylabel("average accuracy (%)  ↑ more is better")
-    ax.set_title("Average accuracy vs forgetting (mean ± std over seeds; circled: Pareto front)", fontsize=10)
+    _finish(ax, "forgetting (%)  ← less is better", "average accuracy (%)  ↑ more is better",
+            "Average accuracy vs forgetting (mean ± std over seeds; circled: Pareto front)")
+    return fig
+
+
+def _finish(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, title, grid and legend, the same on every comparison plot."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return fig
 
 
 def _optuna_importances(dirs: Iterable[Path]) -> list[tuple[str, str, dict[str, float]]]:

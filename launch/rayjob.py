@@ -108,12 +108,16 @@ def follow(address: str, job_id: str) -> str:
     return state.split(".")[-1]
 
 
-def status(address: str, job_id: str) -> int:
-    client = _client(address)
+def _ask(address: str, job_id: str, call: str):
+    """``client.<call>(job_id)``, with an unknown job as one ``error:`` line."""
     try:
-        info = client.get_job_info(job_id)
+        return getattr(_client(address), call)(job_id)
     except RuntimeError as e:
         raise UserError(f"unknown Ray job {job_id} at {address}: {str(e).splitlines()[0]}") from None
+
+
+def status(address: str, job_id: str) -> int:
+    info = _ask(address, job_id, "get_job_info")
     print(f"state: {str(info.status).split('.')[-1]}")
     if info.message:
         print(f"message: {info.message}")
@@ -121,10 +125,6 @@ def status(address: str, job_id: str) -> int:
 
 
 def cancel(address: str, job_id: str) -> int:
-    client = _client(address)
-    try:
-        stopped = client.stop_job(job_id)
-    except RuntimeError as e:
-        raise UserError(f"unknown Ray job {job_id} at {address}: {str(e).splitlines()[0]}") from None
+    stopped = _ask(address, job_id, "stop_job")
     print(f"cancelled: {job_id}" if stopped else f"not running: {job_id}")
     return 0
