@@ -3,11 +3,14 @@
 Finds every result.json below each DIR (a sweep, an experiment or a single trial),
 groups trials by config_id (or --by FIELD,...) and prints mean ± std over seeds, the
 95% Student-t confidence interval and, with --baseline, Welch's t-test p-values.
-Unfinished trials (a checkpoint but no result) are counted and skipped; malformed
-files are named on stderr and skipped.
+Trials without a result are counted by state on stderr (stopped early by the scheduler,
+errored with the error's first line, unfinished i.e. killed and resumable) and skipped;
+malformed files are named on stderr and skipped. For a sweep directory, stderr also says
+how the best confirmed config compares with the spec's base config. --html writes one
+self-contained page with all of it: tables, every plot, importances, spec, environment.
 
 examples:
-  pah analyze runs/sweeps/quickstart
+  pah analyze runs/sweeps/quickstart --html report.html
   pah analyze runs/ --by method,dataset --baseline finetune
   pah analyze runs/ --format latex --out table.tex --plots figures/
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from analysis.api import notes
 from analysis.load import load_results
@@ -33,6 +37,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="table", metavar="FORMAT", help=f"one of {', '.join(FORMATS)} (default: table)")
     p.add_argument("--out", metavar="FILE", help="write the table here instead of stdout")
     p.add_argument("--plots", metavar="DIR", help="write figures (PNG and PDF) into this directory")
+    p.add_argument("--html", metavar="FILE", help="write one self-contained HTML report (tables, every plot, trial "
+                   "states, importances, spec, environment; opens offline)")
     p.add_argument("--baseline", metavar="NAME", help="add Welch's t-test p-values against this group "
                    "(its label, e.g. 'finetune', or one of its field values)")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read results from these W&B runs (needs the network)")
@@ -41,6 +47,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # ---- validate everything before reading or writing anything
     check_format(args.format)
+    if args.html:
+        _check_html(args.html)
     if not args.dirs and not args.wandb:
         raise UserError("DIR: give at least one sweep or trial directory (or --wandb ENTITY/PROJECT)")
     extra = []
@@ -55,9 +63,17 @@ def run(args: argparse.Namespace) -> int:
     text = render(summary, args.format)
     for line in notes(results, summary):
         print(line, file=sys.stderr)
+    from analysis.sweep import find_sweeps
+
+    for sweep in find_sweeps(args.dirs):
+        cmp = sweep.comparison(results.frame)
+        if cmp is not None:
+            for line in cmp.lines(sweep.describe_configs()):
+                print(line, file=sys.stderr)
     c = results.counts()
-    print(f"analyze: {c['finished']} finished trial(s) in {len(summary.table)} group(s); "
-          f"{c['unfinished']} unfinished, {c['malformed']} malformed skipped", file=sys.stderr)
+    print(f"analyze: {c['finished']} finished trial(s) in {len(summary.table)} group(s); skipped: "
+          f"{c['stopped']} stopped early by the scheduler, {c['errored']} errored, {c['unfinished']} unfinished, "
+          f"{c['malformed']} malformed", file=sys.stderr)
 
     # ---- outputs
     if args.out:
@@ -70,4 +86,18 @@ def run(args: argparse.Namespace) -> int:
 
         files = make_plots(results.frame, summary, args.plots, sweep_dirs=args.dirs)
         print(f"plots: {args.plots} ({len(files)} files)", file=sys.stderr)
+    if args.html:
+        from analysis.html import write_html
+
+        write_html(args.dirs, args.html, results=results, summary=summary)
+        print(f"html: {args.html}", file=sys.stderr)
     return 0
+
+
+def _check_html(value: str) -> None:
+    """The report is one file, into a directory that exists (a typo in it is more likely than a wish for new dirs)."""
+    path = Path(value)
+    if path.is_dir():
+        raise UserError(f"--html {value}: is a directory; give a file name such as {path / 'report.html'}")
+    if not path.parent.is_dir():
+        raise UserError(f"--html {value}: directory {path.parent} does not exist")

@@ -2,8 +2,9 @@
 
 A sweep nests its trials several levels deep and may still be running, so loading is
 forgiving about the files it finds and strict about the paths it is given: a path that
-does not exist is bad input; a directory with a checkpoint but no result is an unfinished
-trial (counted, skipped); a file that is not a schema-1 result is reported and skipped.
+does not exist is bad input; a trial without a result is counted by its state (stopped
+early by the scheduler, errored, unfinished: see :mod:`analysis.states`) and skipped; a
+file that is not a schema-1 result is reported and skipped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from analysis.states import TrialState, TrialStatus, describe, find_trial_dirs, trial_status
 from pah import metrics
 from pah.config import flatten
 from pah.errors import UserError
@@ -22,12 +24,13 @@ from pah.errors import UserError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Results", "load_results", "records_frame", "parse_result", "RESULT", "METRICS", "REQUIRED_KEYS"]
+__all__ = ["Results", "load_results", "records_frame", "parse_result", "RESULT", "METRICS", "VAL_METRICS",
+           "REQUIRED_KEYS"]
 
 RESULT = "result.json"
-#: the unfinished trial's marker, relative to its directory (pah.trial.CHECKPOINT)
-CHECKPOINT = Path("checkpoint") / "state.pt"
 METRICS = ("avg_acc", "forgetting", "bwt")
+#: the validation metrics a result may carry (what sweeps select on); per-trial values, never fields
+VAL_METRICS = tuple(f"val_{m}" for m in METRICS)
 REQUIRED_KEYS = ("schema", "method", "dataset", "seed", "config_id", "acc_matrix")
 
 
@@ -37,24 +40,45 @@ class Results:
 
     frame: pd.DataFrame
     finished: int = 0
-    unfinished: list[Path] = field(default_factory=list)
+    #: every trial directory without a result: stopped early, errored or unfinished
+    trials: list[TrialStatus] = field(default_factory=list)
     malformed: list[tuple[Path, str]] = field(default_factory=list)
     duplicates: list[Path] = field(default_factory=list)
+
+    def _with(self, state: TrialState) -> list[Path]:
+        return [t.path for t in self.trials if t.state is state]
+
+    @property
+    def unfinished(self) -> list[Path]:
+        """Killed or still running (resumable)."""
+        return self._with(TrialState.UNFINISHED)
+
+    @property
+    def stopped(self) -> list[Path]:
+        """Stopped early by the sweep's scheduler, on purpose."""
+        return self._with(TrialState.STOPPED)
+
+    @property
+    def errored(self) -> list[Path]:
+        return self._with(TrialState.ERRORED)
 
     def counts(self) -> dict[str, int]:
         return {
             "finished": self.finished,
+            "stopped": len(self.stopped),
+            "errored": len(self.errored),
             "unfinished": len(self.unfinished),
             "malformed": len(self.malformed),
             "duplicates": len(self.duplicates),
         }
 
     def notes(self) -> list[str]:
-        """Human-readable lines about skipped files, for stderr."""
+        """Human-readable lines about skipped files and trials without a result, for stderr."""
         lines = [f"warning: skipped {p}: {why}" for p, why in self.malformed]
         lines += [f"warning: skipped {p}: same config_id and seed as a result already loaded" for p in self.duplicates]
-        if self.unfinished:
-            lines.append(f"note: {len(self.unfinished)} unfinished trial(s) skipped (checkpoint but no {RESULT})")
+        if self.trials:
+            lines.append(f"note: {len(self.trials)} trial(s) without a {RESULT}, not in the table:")
+            lines += [f"  {line}" for line in describe(self.trials)]
         return lines
 
 
@@ -90,9 +114,18 @@ def parse_result(obj: Any) -> dict[str, Any]:
     for j in range(T):
         row[f"acc_t{j + 1}"] = float(R[T - 1][j])
     row["acc_matrix"] = [[None if v is None else float(v) for v in r[:T]] + [None] * (T - len(r)) for r in R]
+    val = obj.get("val_metrics")
+    if isinstance(val, dict):  # reported by the trial (no validation matrix to recompute them from)
+        for m in METRICS:
+            v = val.get(m)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                row[f"val_{m}"] = float(v)
     timing = obj.get("timing") or {}
     if isinstance(timing, dict) and isinstance(timing.get("train_seconds"), (int, float)):
         row["train_seconds"] = float(timing["train_seconds"])
+    env = obj.get("env")
+    if isinstance(env, dict):  # for the report's environment section; a JSON string keeps the row flat
+        row["env"] = json.dumps(env, sort_keys=True)
     config = obj.get("config") or {}
     if isinstance(config, dict):
         for k, v in flatten(config).items():
@@ -102,16 +135,10 @@ def parse_result(obj: Any) -> dict[str, Any]:
 
 
 def _candidates(path: Path) -> tuple[list[Path], list[Path]]:
-    """(result files, unfinished trial dirs) under one given path."""
+    """(result files, trial dirs without a result) under one given path."""
     if path.is_file():
         return [path], []
-    results = sorted(p for p in path.rglob(RESULT) if p.is_file())
-    done_dirs = {p.parent for p in results}
-    unfinished = sorted(
-        {p.parent.parent for p in path.rglob(CHECKPOINT.name) if p.parent.name == CHECKPOINT.parent.name}
-        - done_dirs
-    )
-    return results, unfinished
+    return sorted(p for p in path.rglob(RESULT) if p.is_file()), find_trial_dirs(path)
 
 
 def records_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -136,7 +163,7 @@ def load_results(paths: Iterable[str | Path], *, extra: Iterable[tuple[str, Any]
     rows: list[dict[str, Any]] = []
     res = Results(frame=None)  # type: ignore[arg-type]
     seen_files: set[Path] = set()
-    seen_unfinished: set[Path] = set()
+    seen_trials: set[Path] = set()
     seen_runs: set[tuple[str, int]] = set()
 
     def add(obj: Any, where: Path) -> None:
@@ -154,11 +181,11 @@ def load_results(paths: Iterable[str | Path], *, extra: Iterable[tuple[str, Any]
         rows.append(row)
 
     for p in paths:
-        files, unfinished = _candidates(p)
-        for d in unfinished:
-            if d.resolve() not in seen_unfinished:
-                seen_unfinished.add(d.resolve())
-                res.unfinished.append(d)
+        files, trial_dirs = _candidates(p)
+        for d in trial_dirs:
+            if d.resolve() not in seen_trials:
+                seen_trials.add(d.resolve())
+                res.trials.append(trial_status(d))
         for f in files:
             if f.resolve() in seen_files:
                 continue
@@ -176,6 +203,8 @@ def load_results(paths: Iterable[str | Path], *, extra: Iterable[tuple[str, Any]
     res.frame = records_frame(rows)
     if not rows:
         given = ", ".join(str(p) for p in paths) or "the given W&B project"
-        counts = f"{len(res.unfinished)} unfinished, {len(res.malformed)} malformed"
+        c = res.counts()
+        counts = (f"{c['stopped']} stopped early, {c['errored']} errored, {c['unfinished']} unfinished, "
+                  f"{c['malformed']} malformed")
         raise UserError(f"{given}: no finished {RESULT} found ({counts})")
     return res

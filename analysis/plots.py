@@ -8,18 +8,26 @@
   an ``optuna.db`` found under the analysed directories (skipped where it cannot be computed).
 
 Figures are built with ``matplotlib.figure.Figure`` (the Agg canvas), never pyplot, so
-nothing here opens a window or touches global state.
+nothing here opens a window or touches global state. Legends never cover data: they sit
+outside the axes (below them, or to the right of the per-task curves), and the figure
+grows with the number of entries. Hyperparameters are shown to 4 significant digits under
+the short names of the tables (``lr`` for ``train.lr``), and group fields shared by every
+group (a sweep's method and dataset) go into the titles, not into every legend entry.
+``figures()`` yields the figures without writing anything (the HTML report and the layout
+tests use it); ``make_plots`` writes them.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import re
-from collections.abc import Iterable
+import textwrap
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from analysis.report import fmt_field
+from analysis.report import constant_fields, fmt_field, key_note, short_names
 from analysis.stats import Summary
 
 if TYPE_CHECKING:
@@ -27,19 +35,47 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-__all__ = ["make_plots", "group_labels", "pareto_front", "OPTUNA_DB"]
+__all__ = ["make_plots", "figures", "png_bytes", "group_labels", "context", "pareto_front", "optuna_importances",
+           "OPTUNA_DB"]
 
 OPTUNA_DB = "optuna.db"
+#: hyperparameters named in a legend entry (as in the tables)
+MAX_LEGEND_KEYS = 4
+MARKERS = "osD^vP*Xph"
 
 
 def group_labels(s: Summary) -> list[str]:
-    """Legend names: the group fields, then the hyperparameters that tell configs apart."""
+    """Legend names: the group fields that differ between groups, then the hyperparameters that do."""
+    const = set(constant_fields(s))
+    names = short_names(s.extra[:MAX_LEGEND_KEYS])
     labels = []
-    for i, (_, r) in enumerate(s.table.iterrows()):
-        parts = [s.label(i)]
-        parts += [f"{c.rsplit('.', 1)[-1]}={fmt_field(r[c])}" for c in s.extra[:4] if fmt_field(r[c]) != "—"]
+    for _, r in s.table.iterrows():
+        parts = [" / ".join(str(r[f]) for f in s.by if f not in const)]
+        parts += [f"{names[c]}={fmt_field(r[c])}" for c in s.extra[:MAX_LEGEND_KEYS] if fmt_field(r[c]) != "—"]
         labels.append(" ".join(parts))
     return labels
+
+
+def context(s: Summary) -> str:
+    """What every group shares (``pah / split-digits``), for titles; '' if nothing."""
+    const = constant_fields(s)
+    return " / ".join(fmt_field(s.table[f].iloc[0]) for f in const)
+
+
+def _title(*parts: str, width: int = 70) -> str:
+    return "\n".join(textwrap.fill(p, width=width, break_on_hyphens=False) for p in parts if p)
+
+
+def _legend_below(fig: Figure, ax) -> None:
+    """One legend for the axes' artists, under the axes (constrained layout makes room for it)."""
+    handles, labels = ax.get_legend_handles_labels()
+    ncols = 2 if max((len(lab) for lab in labels), default=0) <= 45 and len(labels) > 4 else 1
+    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize=7, frameon=False)
+
+
+def _height(base: float, entries: int, ncols: int = 1) -> float:
+    """Figure height in inches: the plot, plus one legend line per ``ncols`` entries."""
+    return base + 0.17 * math.ceil(entries / ncols)
 
 
 def pareto_front(acc: list[float], forgetting: list[float]) -> list[int]:
@@ -122,7 +158,7 @@ def _task_curves(stack: np.ndarray, title: str) -> Figure:
 
     T = stack.shape[1]
     mean, ci = _mean_ci(stack)
-    fig = Figure(figsize=(6, 4), layout="constrained")
+    fig = Figure(figsize=(7, max(4.0, _height(0.8, T, 2 if T > 14 else 1))), layout="constrained")
     ax = fig.add_subplot()
     for j in range(T):
         x = list(range(j + 1, T + 1))
@@ -132,34 +168,34 @@ def _task_curves(stack: np.ndarray, title: str) -> Figure:
     ax.set_xticks(range(1, T + 1))
     ax.set_xlabel("tasks trained")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title + f"\nmean over {stack.shape[0]} seed(s), band: 95% CI", fontsize=9)
+    ax.set_title(_title(title, f"mean over {stack.shape[0]} seed(s), band: 95% CI"), fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if T > 6 else 1, loc="best")
+    fig.legend(loc="outside right upper", fontsize=7, ncols=2 if T > 14 else 1, frameon=False)
     return fig
 
 
-def _avg_curves(stacks: list[tuple[str, np.ndarray]]) -> Figure:
+def _avg_curves(stacks: list[tuple[str, np.ndarray]], where: str) -> Figure:
     import numpy as np
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = Figure(figsize=(7.5, _height(4.5, len(stacks))), layout="constrained")
     ax = fig.add_subplot()
     T_max = 1
-    for label, stack in stacks:
+    for i, (label, stack) in enumerate(stacks):
         T = stack.shape[1]
         T_max = max(T_max, T)
         seen = np.stack([np.nanmean(stack[:, i, : i + 1], axis=1) for i in range(T)], axis=1)  # (seeds, T)
         m, h = _mean_ci(seen)
         x = np.arange(1, T + 1)
-        (line,) = ax.plot(x, m, marker="o", ms=3, label=label)
+        (line,) = ax.plot(x, m, marker=MARKERS[(i // 10) % len(MARKERS)], ms=3, label=label)
         ax.fill_between(x, np.clip(m - h, 0, 100), np.clip(m + h, 0, 100), color=line.get_color(), alpha=0.2, lw=0)
     ax.set_xticks(range(1, T_max + 1))
-    _finish(ax, "tasks trained", "average accuracy over tasks seen (%)",
-            "Average accuracy over the sequence (band: 95% CI over seeds)")
+    _finish(fig, ax, "tasks trained", "average accuracy over tasks seen (%)",
+            _title("Average accuracy over the sequence (band: 95% CI over seeds)", where, width=95))
     return fig
 
 
-def _tradeoff(s: Summary, labels: list[str]) -> Figure:
+def _tradeoff(s: Summary, labels: list[str], where: str) -> Figure:
     from matplotlib.figure import Figure
 
     t = s.table
@@ -168,30 +204,30 @@ def _tradeoff(s: Summary, labels: list[str]) -> Figure:
     acc_sd = [0.0 if math.isnan(v) else 100 * float(v) for v in t["avg_acc_std"]]
     fm_sd = [0.0 if math.isnan(v) else 100 * float(v) for v in t["forgetting_std"]]
     front = pareto_front(acc, fm)
-    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    fig = Figure(figsize=(7.5, _height(5.0, len(labels) + 1)), layout="constrained")
     ax = fig.add_subplot()
     for i, label in enumerate(labels):
-        ax.errorbar(fm[i], acc[i], xerr=fm_sd[i], yerr=acc_sd[i], fmt="o", ms=7, capsize=3,
+        ax.errorbar(fm[i], acc[i], xerr=fm_sd[i], yerr=acc_sd[i], fmt=MARKERS[(i // 10) % len(MARKERS)], ms=7, capsize=3,
                     label=f"{label} (n={int(t['n'].iloc[i])})")
     ax.plot([fm[i] for i in front], [acc[i] for i in front], "--", color="black", lw=1, zorder=0,
             label="Pareto front")
     ax.scatter([fm[i] for i in front], [acc[i] for i in front], s=220, facecolors="none", edgecolors="black",
                lw=1.5, zorder=3)
-    _finish(ax, "forgetting (%)  ← less is better", "average accuracy (%)  ↑ more is better",
-            "Average accuracy vs forgetting (mean ± std over seeds; circled: Pareto front)")
+    _finish(fig, ax, "forgetting (%)  ← less is better", "average accuracy (%)  ↑ more is better",
+            _title("Average accuracy vs forgetting (mean ± std over seeds; circled: Pareto front)", where, width=95))
     return fig
 
 
-def _finish(ax, xlabel: str, ylabel: str, title: str) -> None:
-    """Labels, title, grid and legend, the same on every comparison plot."""
+def _finish(fig: Figure, ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, title, grid and the legend below the axes, the same on every comparison plot."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    _legend_below(fig, ax)
 
 
-def _optuna_importances(dirs: Iterable[Path]) -> list[tuple[str, str, dict[str, float]]]:
+def optuna_importances(dirs: Iterable[Path]) -> list[tuple[str, str, dict[str, float]]]:
     """(study name, objective name, importances) for every study in every optuna.db under ``dirs``."""
     dbs = sorted({p.resolve() for d in dirs if Path(d).is_dir() for p in Path(d).rglob(OPTUNA_DB) if p.is_file()})
     if not dbs:
@@ -235,12 +271,20 @@ def _importance_plot(study: str, objective: str, imp: dict[str, float]) -> Figur
     return fig
 
 
-def make_plots(frame: pd.DataFrame, s: Summary, out_dir: str | Path, *, sweep_dirs: Iterable[str | Path] = ()) -> list[Path]:
-    """Write every figure for the summary ``s`` of ``frame`` into ``out_dir``; return the files written."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def figures(
+    frame: pd.DataFrame,
+    s: Summary,
+    *,
+    sweep_dirs: Iterable[str | Path] = (),
+    importances: list[tuple[str, str, dict[str, float]]] | None = None,
+) -> Iterator[tuple[str, Figure]]:
+    """Every figure for the summary ``s`` of ``frame``, as (file stem, figure), one at a time.
+
+    ``importances``: Optuna's, as :func:`optuna_importances` returns them (default: computed
+    from the ``optuna.db`` files under ``sweep_dirs``).
+    """
     labels = group_labels(s)
-    written: list[Path] = []
+    where = " · ".join(p for p in (context(s), key_note(short_names(s.extra[:MAX_LEGEND_KEYS]))) if p)
     taken: set[str] = set()
     stacks: list[tuple[str, np.ndarray]] = []
     # the same group-by as aggregate(): its groups come in the order of the summary's rows
@@ -250,12 +294,29 @@ def make_plots(frame: pd.DataFrame, s: Summary, out_dir: str | Path, *, sweep_di
             continue
         stacks.append((labels[i], stack))
         slug = _slug(s.label(i), taken)
-        title = f"{labels[i]} (n={len(g)})"
-        written += _save(_heatmap(stack.mean(axis=0), "seed-mean accuracy matrix (%)\n" + title), out, f"acc_matrix_{slug}")
-        written += _save(_task_curves(stack, title), out, f"task_curves_{slug}")
+        title = _title(f"{context(s)} {labels[i]} (n={len(g)})".strip())
+        yield f"acc_matrix_{slug}", _heatmap(stack.mean(axis=0), "seed-mean accuracy matrix (%)\n" + title)
+        yield f"task_curves_{slug}", _task_curves(stack, title)
     if stacks:
-        written += _save(_avg_curves(stacks), out, "avg_accuracy_curve")
-    written += _save(_tradeoff(s, labels), out, "acc_vs_forgetting")
-    for study, objective, imp in _optuna_importances(Path(d) for d in sweep_dirs):
-        written += _save(_importance_plot(study, objective, imp), out, f"optuna_importance_{_slug(study, taken)}")
+        yield "avg_accuracy_curve", _avg_curves(stacks, where)
+    yield "acc_vs_forgetting", _tradeoff(s, labels, where)
+    if importances is None:
+        importances = optuna_importances(Path(d) for d in sweep_dirs)
+    for study, objective, imp in importances:
+        yield f"optuna_importance_{_slug(study, taken)}", _importance_plot(study, objective, imp)
+
+
+def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def make_plots(frame: pd.DataFrame, s: Summary, out_dir: str | Path, *, sweep_dirs: Iterable[str | Path] = ()) -> list[Path]:
+    """Write every figure for the summary ``s`` of ``frame`` into ``out_dir``; return the files written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for name, fig in figures(frame, s, sweep_dirs=sweep_dirs):
+        written += _save(fig, out, name)
     return written

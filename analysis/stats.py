@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from analysis.load import METRICS
+from analysis.load import METRICS, VAL_METRICS
 from pah.errors import UserError
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ __all__ = ["Summary", "aggregate", "DEFAULT_BY", "resolve_by", "ci95_halfwidth",
 #: config_id determines method and dataset; they are shown because people read them
 DEFAULT_BY = ("method", "dataset", "config_id")
 #: columns of the tidy table that are per-trial values, not grouping fields
-_VALUE_COLUMNS = {"seed", "path", "acc_matrix", "num_tasks", "train_seconds", *METRICS}
+_VALUE_COLUMNS = {"seed", "path", "acc_matrix", "num_tasks", "train_seconds", "env", *METRICS, *VAL_METRICS}
 
 
 @dataclass

@@ -1,38 +1,68 @@
 """A concise live view of a Tune phase: one line per trial event, a status line now and then.
 
-Tune's own tables are switched off (``verbose=0``); this callback prints, to stdout:
-``[search] 3f2a_00001 done  ACC 93.1% FM 2.0% val_avg_acc 0.934 (5/5 tasks) | 1 running, 3 done, 0 errored | best 0.951``.
+Tune's own tables are switched off (``verbose=0``); this callback prints, to stdout, every
+trial's fate in plain words (see :mod:`analysis.states`)::
+
+    [search] 12:01:02 3f2a_00000 start  (base config) lr=0.001, head_lr=0.001, lambda_kd=1
+    [search] 12:01:30 3f2a_00001 finished  ACC 93.1% FM 2.0% val_avg_acc 0.934 (5/5 tasks) | 1 running, ...
+    [search] 12:01:41 3f2a_00002 stopped early by asha after task 2/5  ACC 88.0% ... val_avg_acc 0.880
+    [search] 12:01:50 3f2a_00003 ERROR  NonFiniteLoss: non-finite loss at task 1/5, epoch 1, step 3 | ...
+
+A trial the scheduler stops gets a ``stopped.json`` in its directory (``mark_stopped``), so
+``pah analyze`` and the HTML report tell it from one that crashed or was killed.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-__all__ = ["ConciseProgress", "error_reason"]
+from analysis.states import ERROR, STOPPED, TrialState, first_line, trial_status
+from pah.io import atomic_write_json
+
+__all__ = ["ConciseProgress", "error_reason", "mark_stopped", "is_partial"]
 
 
 def error_reason(trial: Any, out_dir: Path | None = None) -> str:
-    """The last line of a failed trial's error (Ray's error file, else the trainable's error.json)."""
+    """The first line of a failed trial's error: the trainable's error.json, else the last line of Ray's error file."""
+    if out_dir is not None and (out_dir / ERROR).exists():
+        st = trial_status(out_dir)
+        if st.state is TrialState.ERRORED:
+            return st.detail
     path = getattr(trial, "error_file", None)
     if path and Path(path).exists():
         lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
         if lines:
-            return lines[-1][:300]
-    if out_dir is not None and (out_dir / "error.json").exists():
-        try:
-            err = json.loads((out_dir / "error.json").read_text())
-            return f"{err['type']}: {err['message']}"[:300]
-        except (OSError, ValueError, KeyError):
-            pass
+            return first_line(lines[-1], 300)
     return "unknown error"
 
 
+def is_partial(result: dict[str, Any] | None) -> bool:
+    """A last result from before the final task: the trial did not finish its sequence."""
+    r = result or {}
+    return "tasks_completed" in r and r.get("tasks_completed") != r.get("num_tasks")
+
+
+def mark_stopped(trial_dir: Path, result: dict[str, Any], *, by: str, metric: str | None = None) -> bool:
+    """Record in ``trial_dir`` that the scheduler ended this trial early; False if it had finished (or has no dir)."""
+    if not trial_dir.is_dir() or (trial_dir / "result.json").exists() or not is_partial(result):
+        return False
+    marker = {"by": by, "tasks_completed": result.get("tasks_completed"), "num_tasks": result.get("num_tasks")}
+    if metric is not None and isinstance(result.get(metric), (int, float)):
+        marker.update(metric=metric, value=float(result[metric]))
+    if not (trial_dir / STOPPED).exists():
+        atomic_write_json(trial_dir / STOPPED, marker)
+    return True
+
+
 class ConciseProgress(Callback):
+    # defaults for instances unpickled from a sweep started by an older version
+    scheduler = "the scheduler"
+    base_point: dict[str, Any] | None = None
+
     def __init__(
         self,
         phase: str,
@@ -43,8 +73,12 @@ class ConciseProgress(Callback):
         enabled: bool = True,
         every_s: float = 30.0,
         candidates: list[dict[str, Any]] | None = None,
+        scheduler: str = "the scheduler",
+        base_point: dict[str, Any] | None = None,
     ):
         self.candidates = candidates
+        self.scheduler = scheduler
+        self.base_point = base_point
         self.phase, self.metric, self.mode = phase, metric, mode
         self.sweep_dir = sweep_dir
         self.enabled = enabled
@@ -60,10 +94,14 @@ class ConciseProgress(Callback):
 
     def _counts(self, trials: list[Any]) -> str:
         status = [t.status for t in trials]
+        stopped = sum(t.status == "TERMINATED" and is_partial(t.last_result) for t in trials)
         return (
             f"{status.count('RUNNING')} running, {status.count('PENDING') + status.count('PAUSED')} pending, "
-            f"{status.count('TERMINATED')} done, {status.count('ERROR')} errored"
+            f"{status.count('TERMINATED') - stopped} finished, {stopped} stopped early, {status.count('ERROR')} errored"
         )
+
+    def _dir(self, trial: Any) -> Path:
+        return Path(self.sweep_dir) / "trials" / self.phase / trial.trial_id
 
     def _best_text(self) -> str:
         return f"best {self.metric} {self._best[0]:.4f} ({self._best[1]})" if self._best else "best -"
@@ -82,8 +120,13 @@ class ConciseProgress(Callback):
 
         params = params_of(trial.config, self.candidates)
         seed = trial.config.get("seed")
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
-        self._print(f"{trial.trial_id} start  {shown}{f' seed={seed}' if seed is not None else ''}")
+        shown = ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in params.items())
+        if "candidate" in trial.config:
+            base = bool((self.candidates or [])[trial.config["candidate"]].get("base"))
+        else:
+            base = self.base_point is not None and params == self.base_point
+        self._print(f"{trial.trial_id} start  {'(base config) ' if base else ''}{shown}"
+                    f"{f' seed={seed}' if seed is not None else ''}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._update_best(trial, result)
@@ -91,17 +134,17 @@ class ConciseProgress(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}
         self._update_best(trial, r)
-        finished = r.get("tasks_completed") == r.get("num_tasks")
-        word = "done   " if finished else "stopped"
+        stopped = mark_stopped(self._dir(trial), r, by=self.scheduler, metric=self.metric)
+        word = (f"stopped early by {self.scheduler} after task {r.get('tasks_completed', '?')}/{r.get('num_tasks', '?')}"
+                if stopped else "finished")
         self._print(
-            f"{trial.trial_id} {word} ACC {100 * r.get('avg_acc', float('nan')):.1f}% "
+            f"{trial.trial_id} {word}  ACC {100 * r.get('avg_acc', float('nan')):.1f}% "
             f"FM {100 * r.get('forgetting', float('nan')):.1f}% {self.metric} {r.get(self.metric, float('nan')):.4f} "
             f"({r.get('tasks_completed', '?')}/{r.get('num_tasks', '?')} tasks) | {self._counts(trials)} | {self._best_text()}"
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        out = Path(self.sweep_dir) / "trials" / self.phase / trial.trial_id
-        self._print(f"{trial.trial_id} ERROR  {error_reason(trial, out)} | {self._counts(trials)}")
+        self._print(f"{trial.trial_id} ERROR  {error_reason(trial, self._dir(trial))} | {self._counts(trials)}")
         if self.enabled and getattr(trial, "path", None):  # the copy in the sweep dir outlives Ray's temp dir
             print(f"    traceback: {Path(trial.path) / 'error.txt'}", flush=True)
 

@@ -135,10 +135,13 @@ def test_default_table_is_percent_with_n_a_for_one_seed(sweep, capsys):
     rc, stdout, err = run_cli(capsys, str(root))
     assert rc == 0
     e = expected(written["bbb222"], "avg_acc")
-    assert f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f} (±{100 * e['ci95']:.2f})" in stdout
+    squeezed = re.sub(r" +", " ", stdout)  # cells are padded so that their ± signs line up
+    assert f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f} (±{100 * e['ci95']:.2f})" in squeezed
     line = next(ln for ln in stdout.splitlines() if "ccc333" in ln)
-    assert "n/a" in line and "ewc" in line and "split-digits" in line
-    assert "lr" in stdout.splitlines()[0]  # the hyperparameter that tells configs apart is shown
+    assert "n/a" in line and "ewc" in line
+    lines = stdout.splitlines()
+    assert lines[0] == "all rows: dataset split-digits"  # the same in every row: said once, above the table
+    assert lines[1].split()[:3] == ["method", "config_id", "lr"]  # the hyperparameter that tells configs apart
     assert "4 group(s)" in err
 
 
@@ -180,8 +183,9 @@ def test_md_and_csv(sweep, capsys):
     root, written = sweep
     rc, md, _ = run_cli(capsys, str(root), "--format", "md")
     assert rc == 0
-    md_lines = md.strip().splitlines()
+    md_lines = [ln for ln in md.strip().splitlines() if ln.startswith("|")]
     assert md_lines[0].startswith("| method") and set(md_lines[1]) <= set("|-:") and len(md_lines) == 2 + len(written)
+    assert "all rows: dataset split-digits" in md  # below the table, like the other notes
     rc, csv, _ = run_cli(capsys, str(root), "--format", "csv")
     rc2, js, _ = run_cli(capsys, str(root), "--format", "json")
     assert rc == rc2 == 0
@@ -213,7 +217,7 @@ def test_mixed_directory_counts(tmp_path, capsys):
         (root / "other" / name / "result.json").write_text(text)
 
     res = load_results([root])
-    assert res.counts() == {"finished": 2, "unfinished": 2, "malformed": 5, "duplicates": 0}
+    assert res.counts() == {"finished": 2, "stopped": 0, "errored": 0, "unfinished": 2, "malformed": 5, "duplicates": 0}
     assert len(res.frame) == 2 and set(res.frame["seed"]) == {0, 1}
     assert {"acc_t1", "acc_t3", "train.lr", "avg_acc"} <= set(res.frame.columns)
 

@@ -1,0 +1,181 @@
+"""What became of each trial, said plainly: finished, stopped early, errored or unfinished.
+
+A trial directory tells its own story through the files in it, so the answer survives a
+driver crash and ``pah sweep --resume``, and ``pah analyze`` needs nothing but the disk:
+
+- ``result.json``: **finished** (the whole task sequence);
+- ``stopped.json``: **stopped early** by the sweep's scheduler (ASHA), after some task;
+  the sweep driver writes it when Tune ends a trial before its last task;
+- ``error.json`` (written by the sweep's trainable when ``run_trial`` raised): **errored**,
+  with the first line of the error; unless the trial trained further after that error
+  (a retry under way when everything was killed), which makes it unfinished;
+- a checkpoint (``checkpoint/state.pt``) or a started sweep trial (``params.json`` and
+  ``log.txt``) and none of the above: **unfinished**, i.e. killed or still running;
+  ``pah train`` on the same directory or ``pah sweep --resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "TrialState",
+    "TrialStatus",
+    "trial_status",
+    "find_trial_dirs",
+    "describe",
+    "state_counts",
+    "STOPPED",
+    "ERROR",
+    "RESULT",
+]
+
+RESULT = "result.json"
+#: the sweep driver's marker for a trial the scheduler ended early (see sweeps.progress)
+STOPPED = "stopped.json"
+#: the sweep trainable's record of an exception (see sweeps.trainable)
+ERROR = "error.json"
+CHECKPOINT = Path("checkpoint") / "state.pt"
+META = Path("checkpoint") / "meta.json"
+
+
+class TrialState(str, Enum):
+    FINISHED = "finished"
+    STOPPED = "stopped early"
+    ERRORED = "errored"
+    UNFINISHED = "unfinished"
+
+
+@dataclass(frozen=True)
+class TrialStatus:
+    """One trial directory's state, with what a person needs to know about it."""
+
+    path: Path
+    state: TrialState
+    detail: str = ""  # stopped: "by asha after task 2/5"; errored: the error's first line; unfinished: progress
+    tasks_done: int | None = None
+    num_tasks: int | None = None
+    scheduler: str = ""  # stopped: who stopped it (asha)
+
+    @property
+    def phase(self) -> str:
+        """``search`` / ``confirm`` for a sweep trial (``SWEEP/trials/PHASE/ID``), else ''."""
+        parts = self.path.parts
+        return parts[-2] if len(parts) >= 3 and parts[-3] == "trials" else ""
+
+    def sentence(self) -> str:
+        """``stopped early by asha after task 2/5``, ``errored: ValueError: ...``, ``unfinished (...)``."""
+        if self.state is TrialState.STOPPED:
+            return f"stopped early {self.detail}"
+        if self.state is TrialState.ERRORED:
+            return f"errored: {self.detail}"
+        if self.state is TrialState.UNFINISHED:
+            return f"unfinished ({self.detail})"
+        return "finished"
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def first_line(text: str, limit: int = 200) -> str:
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def trial_status(d: str | Path) -> TrialStatus:
+    """The state of the trial in directory ``d`` (see the module docstring for the rules)."""
+    d = Path(d)
+    if (d / RESULT).is_file():
+        return TrialStatus(d, TrialState.FINISHED)
+    meta = _json(d / META) or {}
+    done = _int(meta.get("tasks_completed"))
+    stopped = _json(d / STOPPED)
+    if stopped is not None:
+        k, T = _int(stopped.get("tasks_completed")), _int(stopped.get("num_tasks"))
+        by = str(stopped.get("by") or "the scheduler")
+        at = f" after task {k}/{T}" if k is not None and T is not None else (f" after task {k}" if k is not None else "")
+        return TrialStatus(d, TrialState.STOPPED, f"by {by}{at}", k, T, scheduler=by)
+    err = _json(d / ERROR)
+    if err is not None:
+        at_error = _int(err.get("tasks_done"))
+        if not (done is not None and at_error is not None and done > at_error):  # else: retried past it, then killed
+            kind, msg = str(err.get("type") or "").strip(), first_line(err.get("message") or "")
+            text = f"{kind}: {msg}" if kind and msg else (kind or msg or "unknown error")
+            return TrialStatus(d, TrialState.ERRORED, text, at_error)
+    progress = f"{done} task(s) done, resumable" if done is not None else "killed or still running; resumable"
+    return TrialStatus(d, TrialState.UNFINISHED, progress, done)
+
+
+def _is_trial_dir(d: Path) -> bool:
+    return (
+        (d / CHECKPOINT).is_file()
+        or (d / STOPPED).is_file()
+        or (d / ERROR).is_file()
+        or ((d / "params.json").is_file() and (d / "log.txt").is_file())
+    )
+
+
+def find_trial_dirs(path: str | Path) -> list[Path]:
+    """Every trial directory at or below ``path`` that has not finished (no result.json in it)."""
+    path = Path(path)
+    if path.is_file():
+        return []
+    found: set[Path] = set()
+    for name in (CHECKPOINT.name, STOPPED, ERROR, "params.json"):
+        for p in path.rglob(name):
+            d = p.parent.parent if name == CHECKPOINT.name else p.parent
+            if name == CHECKPOINT.name and p.parent.name != CHECKPOINT.parent.name:
+                continue
+            if not (d / RESULT).is_file() and _is_trial_dir(d):
+                found.add(d)
+    return sorted(found)
+
+
+def state_counts(statuses: Iterable[TrialStatus]) -> dict[TrialState, int]:
+    c = Counter(s.state for s in statuses)
+    return {st: c.get(st, 0) for st in TrialState}
+
+
+def describe(statuses: Sequence[TrialStatus], *, finished: int | None = None, limit: int = 5) -> list[str]:
+    """Plain lines about the trials that did not finish (and how many did, if ``finished`` is given).
+
+    ``3 stopped early by the scheduler (by asha after task 2/5: 2, after task 4/5: 1)``,
+    one line per errored trial with its error, one for the unfinished ones.
+    """
+    lines = []
+    if finished is not None:
+        lines.append(f"{finished} finished (the whole task sequence)")
+    stopped = [s for s in statuses if s.state is TrialState.STOPPED]
+    if stopped:
+        by = ", ".join(sorted({s.scheduler for s in stopped}))
+        where = Counter(f"after task {s.tasks_done}/{s.num_tasks}" if s.tasks_done is not None else "at an unknown task"
+                        for s in stopped)
+        shown = ", ".join(f"{k} x{n}" for k, n in sorted(where.items()))
+        lines.append(f"{len(stopped)} stopped early on purpose by the scheduler ({by}): {shown}")
+    errored = [s for s in statuses if s.state is TrialState.ERRORED]
+    if errored:
+        lines.append(f"{len(errored)} errored:")
+        lines += [f"  {s.path}: {s.detail}" for s in errored[:limit]]
+        if len(errored) > limit:
+            lines.append(f"  ... and {len(errored) - limit} more")
+    unfinished = [s for s in statuses if s.state is TrialState.UNFINISHED]
+    if unfinished:
+        shown = ", ".join(str(s.path) for s in unfinished[:limit]) + (", ..." if len(unfinished) > limit else "")
+        lines.append(f"{len(unfinished)} unfinished (killed or still running; `pah sweep --resume` or `pah train` "
+                     f"continues them): {shown}")
+    return lines
