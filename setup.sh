@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-command set-up: a virtual environment in .venv with pah and everything it uses
 # (PyTorch, Ray Tune, Optuna, W&B, submitit, test tools), plus, when run as root on
-# Debian/Ubuntu, the Fashion-MNIST package. SLURM for the launcher tests comes from
-# .ci/slurm.sh (see docs/slurm.md).
+# Debian/Ubuntu, the Fashion-MNIST package and Chromium (the HTML report's browser test).
+# SLURM for the launcher tests comes from .ci/slurm.sh (see docs/slurm.md).
 #   ./setup.sh            # then: source .venv/bin/activate
 # Knobs: PYTHON=python3.11, PAH_EXTRAS=all (or e.g. "sweep,test"), PAH_NO_APT=1.
 set -euo pipefail
@@ -26,6 +26,14 @@ if [ "${PAH_NO_APT:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev
     apt-get install -y -q --no-install-recommends dataset-fashion-mnist >/dev/null 2>&1 ||
       { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends dataset-fashion-mnist >/dev/null; } ||
       echo "setup: warning: could not install dataset-fashion-mnist (Fashion-MNIST runs need PAH_DATA_DIR)" >&2
+  fi
+  # a headless browser: tests/test_analysis_html.py opens the HTML report in it
+  if ! command -v chromium >/dev/null; then
+    echo "setup: apt-get install chromium (for the HTML report's browser test)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null; } ||
+      echo "setup: warning: could not install chromium (the HTML report's browser test skips, or fails under CI)" >&2
   fi
 fi
 echo "setup: done. Try: .venv/bin/pah train split-digits-pah" >&2
