@@ -26,7 +26,7 @@ from analysis.load import load_results
 from analysis.report import FORMATS, check_format, render
 from analysis.stats import aggregate
 from pah.errors import UserError
-from pah.io import atomic_write_bytes
+from pah.io import atomic_write_bytes, check_output_dir, check_output_file
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -47,6 +47,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # ---- validate everything before reading or writing anything
     check_format(args.format)
+    if args.out:
+        check_output_file(args.out, "--out")
+    if args.plots:
+        check_output_dir(args.plots, "--plots")
     if args.html:
         _check_html(args.html)
     if not args.dirs and not args.wandb:

@@ -182,15 +182,23 @@ def _peak(dev) -> float | None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from pah.config import LIMITS
     from pah.errors import UserError
+    from pah.io import check_output_file
     from pah.trial import resolve_device, run_trial
 
-    for key in ("batch_size", "tasks", "steps", "warmup"):
+    # ---- every argument checked before anything runs or is written
+    limits = {"batch_size": LIMITS["train.batch_size"], "tasks": LIMITS["data.num_tasks"], "steps": (1, 100_000),
+              "warmup": (0, 100_000), "trial_epochs": (0, LIMITS["train.epochs_per_task"][1]),
+              "train_per_class": LIMITS["data.train_per_class"]}
+    for key, (lo, hi) in limits.items():
         v = getattr(args, key)
-        if v is not None and v < (0 if key == "warmup" else 1):
-            raise UserError(f"--{key.replace('_', '-')}: {v} must be positive")
+        if v is not None and not lo <= v <= hi:
+            raise UserError(f"--{key.replace('_', '-')}: {v} is out of range (must be {lo} to {hi})")
     if args.tasks == 1:
         raise UserError("--tasks: needs at least 2 tasks to compare the first and the last")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
     dev = resolve_device(args.device)
     cfg = _config(args)
     cuda = dev.type == "cuda"

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +35,8 @@ __all__ = [
     "preset_names",
     "parse_overrides",
     "flatten",
+    "read_yaml_file",
+    "LIMITS",
 ]
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -156,6 +160,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except UserError as e:
                 errors.append(e)
+        if len(errors) == 1:  # X | None: X's own message (a range, a type)
+            raise errors[0]
         raise UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value in typing.get_args(tp):
@@ -167,27 +173,63 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
     elif tp is int:
+        number = None
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
+            number = value
+        elif isinstance(value, str):
             try:
-                return int(value)
+                number = int(value)
             except ValueError:
                 pass
+        if number is not None:
+            _check_limit(key, number)
+            if not -(2**63) <= number < 2**63:
+                raise UserError(f"{key}: {value!r} is out of range (must fit in 64 bits)")
+            return number
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value) if abs(value) < 1e308 else math.inf
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise UserError(f"{key}: {value!r} is out of range (must be a finite number)")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
     else:  # pragma: no cover - a programming error in a Params dataclass
         raise TypeError(f"unsupported config annotation {tp!r} for {key}")
     raise UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+#: Integer settings whose sizes no dataset or machine could honour: an error where they enter,
+#: not a silent clamp or an out-of-memory crash later. 2**20 images is over ten times the whole
+#: training set of the largest built-in benchmark (TinyImageNet, 100,000). Within the limit, a
+#: batch larger than a task's training set is a warning from `pah train` (that task trains
+#: full-batch), not an error: the size depends on the data, the split and the method.
+LIMITS: dict[str, tuple[int, int]] = {
+    "seed": (0, 2**32 - 1),
+    "train.batch_size": (1, 2**20),
+    "train.eval_batch_size": (1, 2**20),
+    "train.epochs_per_task": (1, 100_000),
+    "data.num_tasks": (1, 10_000),
+    "data.classes_per_task": (1, 100_000),
+    "data.image_size": (1, 4096),
+    "data.channels": (1, 64),
+    "data.train_per_class": (1, 1_000_000),
+    "data.test_per_class": (1, 1_000_000),
+}
+
+
+def _check_limit(key: str, value: Any) -> None:
+    lo, hi = LIMITS.get(key, (None, None))
+    if lo is not None and isinstance(value, int) and not lo <= value <= hi:
+        raise UserError(f"{key}: {value!r} is out of range (must be {lo} to {hi})")
 
 
 def _build(cls: type, values: Any, prefix: str) -> Any:
@@ -258,18 +300,81 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+#: A config or sweep spec is a few hundred bytes of YAML a few levels deep: far larger or deeper
+#: input is not one, and is refused before it can exhaust memory or the stack.
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 16
+MAX_NODES = 100_000  # counted with YAML aliases expanded (a "billion laughs" file stops here)
+
+
+def read_yaml_file(path: str | Path, *, what: str = "config file", allow_empty: bool = False) -> dict[str, Any]:
+    """A user's YAML file as a mapping with string keys; anything else is a UserError naming the file.
+
+    Only plain YAML data is accepted (``yaml.safe_load``: tags such as ``!!python/object`` are
+    errors); the file must be UTF-8, at most 1 MiB, at most 16 levels deep, and not empty.
+    """
+    path = Path(path)
+    where = f"{what} {str(path)!r}"
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        st = path.stat()
+    except FileNotFoundError:
+        raise UserError(f"{where} does not exist") from None
     except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+        raise UserError(f"{where}: cannot read ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{where} is a directory; expected a YAML file")
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{where} is not a regular file; expected a YAML file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise UserError(f"{where}: {st.st_size} bytes is too large (at most {MAX_FILE_BYTES} for a YAML config)")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise UserError(f"{where}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where}: not UTF-8 text (invalid byte at offset {e.start}); expected YAML") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{where}: not valid YAML ({problem}{at})") from None
+    except RecursionError:
+        raise UserError(f"{where}: nested too deeply (at most {MAX_DEPTH} levels)") from None
     if data is None:
-        return {}
+        if allow_empty:
+            return {}
+        raise UserError(f"{where} is empty; expected a mapping of keys to values")
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
+        raise UserError(f"{where}: expected a mapping (key: value) at the top level, got a {type(data).__name__}")
+    _check_tree(data, where)
     return data
+
+
+def _check_tree(data: dict[str, Any], where: str) -> None:
+    """String keys, bounded depth and size (aliases counted every time they are used)."""
+    stack: list[tuple[Any, int, str]] = [(data, 1, "")]
+    nodes = 0
+    while stack:
+        node, depth, at = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise UserError(f"{where}: too large (more than {MAX_NODES} values, YAML aliases expanded)")
+        if depth > MAX_DEPTH:
+            raise UserError(f"{where}: nested too deeply at {at} (at most {MAX_DEPTH} levels)")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not isinstance(k, str):
+                    raise UserError(f"{where}: key {k!r} in {at or 'the top level'} is not a string")
+                stack.append((v, depth + 1, f"{at}.{k}" if at else k))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1, f"{at}[{i}]") for i, v in enumerate(node))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """A shipped preset file (an empty one is allowed: a pair with nothing to add)."""
+    return read_yaml_file(path, what="preset file", allow_empty=True)
 
 
 def preset_names() -> list[str]:
@@ -299,13 +404,13 @@ def preset_dict(name: str) -> dict[str, Any]:
 def source_dict(source: str | Path) -> dict[str, Any]:
     """The raw mapping of a YAML path or a preset name (a config file may name a ``preset`` to start from)."""
     path = Path(source)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise UserError(f"config file {str(path)!r} does not exist")
-        raw = _read_yaml(path)
+    if path.suffix in (".yaml", ".yml") or path.exists() or path.is_symlink():
+        raw = read_yaml_file(path)
         base = raw.pop("preset", None)
         if base is not None:
-            raw = _deep_merge(preset_dict(str(base)), raw)
+            if not isinstance(base, str) or not base:
+                raise UserError(f"{path}: preset: expected a preset name such as split-digits-pah, got {base!r}")
+            raw = _deep_merge(preset_dict(base), raw)
         return raw
     return preset_dict(str(source))
 
@@ -326,12 +431,14 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not key.strip():
+        if not sep or not key.strip() or not all(p.strip() for p in key.split(".")):
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs_per_task=3")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
             value = text
+        except RecursionError:
+            raise UserError(f"--set {key}: the value is nested too deeply") from None
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:

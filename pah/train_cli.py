@@ -16,11 +16,25 @@ from pathlib import Path
 __all__ = ["configure", "run"]
 
 
+EPILOG = """\
+Bad input (a config file that is not a UTF-8 YAML mapping, an unknown key, a wrong type,
+a value out of range such as train.batch_size above 1048576, an --out that is a file) is
+exit 2 with one error: line, before anything is written.
+
+A batch larger than a task's training set is a warning, not an error: that task takes
+one full-batch step per epoch. Only the data knows the task sizes (its files, the
+validation split, data.train_per_class), a sweep may search batch sizes across
+datasets, and full-batch training is a valid run; the warning says which tasks.
+"""
+
+
 def configure(p: argparse.ArgumentParser) -> None:
+    p.epilog = EPILOG
     p.add_argument("config", nargs="?", metavar="CONFIG", help="YAML path or preset name (default: split-digits-pah)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs_per_task=3 (repeatable)")
-    p.add_argument("--out", type=Path, metavar="DIR", help="trial directory (default: runs/train/CONFIG-sSEED-ID)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="trial directory, created if missing (default: runs/train/CONFIG-sSEED-ID)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"], help="where to train (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
@@ -38,10 +52,14 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    from pah.io import check_output_dir
     from pah.trial import resolve_device, run_trial
 
-    resolve_device(args.device)  # fail before anything is written
+    # ---- every check before anything is written
+    resolve_device(args.device)
     out = args.out or Path("runs") / "train" / f"{Path(source).stem}-s{cfg.seed}-{config_id(cfg)}"
+    check_output_dir(out, "--out")
+    _warn_full_batch(cfg)
     print(f"out: {out}", flush=True)
     result = run_trial(cfg, out, device=args.device, progress=not args.no_progress and sys.stderr.isatty())
     m = result["metrics"]
@@ -52,3 +70,31 @@ def run(args: argparse.Namespace) -> int:
     )
     print(json.dumps({"result": str(out / "result.json")}))
     return 0
+
+
+def _warn_full_batch(cfg) -> None:
+    """Warn when train.batch_size exceeds a task's training set (the trial then trains that task full-batch).
+
+    Only the data knows the task sizes (its files, val_fraction, train_per_class), so it is read
+    once here, labels only: images are stand-ins of one byte, split by the trial's own routine.
+    """
+    import numpy as np
+    import torch
+
+    from pah.data import BENCHMARKS, Arrays, build_tasks
+
+    bench = BENCHMARKS.get(cfg.data.name)()
+    arrays = bench.load(cfg.data, cfg.seed)
+
+    def stub(n: int) -> np.ndarray:
+        return np.broadcast_to(np.zeros((1, 1, 1, 1), np.uint8), (n, 1, 1, 1))
+
+    labels = Arrays(stub(len(arrays.y_train)), arrays.y_train, stub(len(arrays.y_test)), arrays.y_test)
+    del arrays
+    tasks = build_tasks(labels, bench.resolved_shape(cfg.data), cfg.data, cfg.seed, torch.device("cpu"))
+    small = [(d.task, len(d.y_train)) for d in tasks if len(d.y_train) < cfg.train.batch_size]
+    if small:
+        task, n = min(small, key=lambda tn: tn[1])
+        print(f"warning: train.batch_size={cfg.train.batch_size} is larger than the training set of "
+              f"{len(small)} of {len(tasks)} task(s) (smallest: task {task + 1}, {n} images); "
+              "each such task takes one full-batch step per epoch", file=sys.stderr, flush=True)

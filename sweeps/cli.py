@@ -10,6 +10,8 @@ sweep and `pah analyze DIR` tabulates it.
 from __future__ import annotations
 
 import argparse
+import json
+import re
 from pathlib import Path
 
 __all__ = ["configure", "run"]
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
     else:
         spec = None
+    _check_paths(args)
     try:
         import ray  # noqa: F401
         import ray.tune  # noqa: F401
@@ -56,3 +59,37 @@ def run(args: argparse.Namespace) -> int:
     run_sweep(spec, storage=args.storage, name=args.name, address=args.address, resume=args.resume,
               progress=not args.quiet)
     return 0
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """--resume, --storage, --name and --address, checked before Ray starts or anything is written."""
+    from pah.errors import UserError
+    from pah.io import check_output_dir
+
+    if args.resume is not None:
+        d = args.resume
+        if not d.exists():
+            raise UserError(f"--resume {d}: does not exist; expected a sweep directory (the 'sweep: DIR' line)")
+        if not d.is_dir():
+            raise UserError(f"--resume {d}: is a file; expected a sweep directory (the 'sweep: DIR' line)")
+        state = d / "sweep.json"
+        if not state.is_file():
+            raise UserError(f"--resume {d}: not a sweep directory (no sweep.json)")
+        try:
+            spec = json.loads(state.read_bytes().decode("utf-8"))["spec"]
+            if not isinstance(spec, dict):
+                raise TypeError
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"--resume {d}: {state} is unreadable or not a sweep's state (JSON with a 'spec')") from None
+        check_output_dir(d, "--resume")
+    else:
+        if args.name is not None and (not re.fullmatch(r"[A-Za-z0-9._=+-]+", args.name) or args.name in (".", "..")):
+            raise UserError(f"--name {args.name!r}: expected a plain directory name (letters, digits, . _ - = +), "
+                            "which stays inside --storage")
+        if args.storage is not None:
+            if "://" in args.storage:
+                raise UserError(f"--storage {args.storage}: URIs are not supported yet; give a local or shared path")
+            check_output_dir(args.storage, "--storage")
+    if args.address is not None and not re.fullmatch(r"auto|local|(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}", args.address):
+        raise UserError(f"--address {args.address!r}: expected HOST:PORT of a Ray cluster's head (e.g. 10.0.0.1:6379), "
+                        "ray://HOST:PORT or auto")

@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pah.config import flatten
+from pah.config import LIMITS, flatten, read_yaml_file
 from pah.errors import UserError
 
 __all__ = [
@@ -45,6 +43,11 @@ SEARCHERS = ("optuna-tpe", "optuna-multi", "random", "grid")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 #: what a trial reports after every task (and what a spec may optimise)
 METRICS = ("avg_acc", "forgetting", "bwt", "val_avg_acc", "val_forgetting", "val_bwt")
+#: sizes beyond any real sweep: refused where they enter rather than queued for ever
+MAX_SAMPLES = 100_000
+MAX_CONCURRENT = 10_000
+MAX_SEEDS = 1_000
+MAX_RESOURCES = {"cpus": 1024, "gpus": 64}
 
 
 @dataclass(frozen=True)
@@ -157,15 +160,7 @@ def _read(source: str | Path) -> tuple[str, dict[str, Any]]:
         path = SPEC_DIR / f"{source}.yaml"
         if not path.is_file():
             raise UserError(f"spec {str(source)!r} is neither a YAML file nor a shipped spec; shipped: {', '.join(spec_names())}")
-    elif not path.is_file():
-        raise UserError(f"spec file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
-    return path.stem, raw
+    return path.stem, read_yaml_file(path, what="spec file")
 
 
 _FIELDS = {f.name for f in dataclasses.fields(Spec)} | {"overrides"}
@@ -235,9 +230,9 @@ def spec_from_dict(raw: dict[str, Any], *, name: str = "sweep", check_configs: b
     mode = raw.pop("mode", ["max", "min"] if multi else "max")
     metric, mode = _metric_mode(metric, mode, multi)
 
-    num_samples = _int(raw.pop("num_samples", 8), "spec.num_samples", 1)
-    max_concurrent = _int(raw.pop("max_concurrent", 2), "spec.max_concurrent", 1)
-    max_failures = _int(raw.pop("max_failures", 2), "spec.max_failures", -1)
+    num_samples = _int(raw.pop("num_samples", 8), "spec.num_samples", 1, MAX_SAMPLES)
+    max_concurrent = _int(raw.pop("max_concurrent", 2), "spec.max_concurrent", 1, MAX_CONCURRENT)
+    max_failures = _int(raw.pop("max_failures", 2), "spec.max_failures", -1, 1000)
 
     sched_raw = raw.pop("scheduler", None)
     if sched_raw in (None, "none", False):
@@ -247,8 +242,8 @@ def spec_from_dict(raw: dict[str, Any], *, name: str = "sweep", check_configs: b
     scheduler = _section(Scheduler, sched_raw, "spec.scheduler")
     if scheduler.name not in ("asha", "none"):
         raise UserError(f"spec.scheduler.name: {scheduler.name!r} is not one of asha, none")
-    _int(scheduler.grace_period, "spec.scheduler.grace_period", 1)
-    _int(scheduler.reduction_factor, "spec.scheduler.reduction_factor", 2)
+    _int(scheduler.grace_period, "spec.scheduler.grace_period", 1, LIMITS["data.num_tasks"][1])
+    _int(scheduler.reduction_factor, "spec.scheduler.reduction_factor", 2, 1000)
     if scheduler.name == "asha" and searcher == "grid":
         raise UserError("spec.scheduler: asha cannot stop trials of a grid searcher (every grid point must finish); use none")
 
@@ -257,6 +252,8 @@ def spec_from_dict(raw: dict[str, Any], *, name: str = "sweep", check_configs: b
         v = getattr(resources, k)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k == "cpus" and v <= 0):
             raise UserError(f"spec.resources.{k}: {v!r} must be a number {'> 0' if k == 'cpus' else '>= 0'}")
+        if not v <= MAX_RESOURCES[k]:
+            raise UserError(f"spec.resources.{k}: {v!r} is out of range (at most {MAX_RESOURCES[k]} per trial)")
         if k == "gpus" and v > 1 and v != int(v):
             raise UserError(f"spec.resources.gpus: {v!r}: a fraction must be below 1, else a whole number")
 
@@ -264,12 +261,18 @@ def spec_from_dict(raw: dict[str, Any], *, name: str = "sweep", check_configs: b
     if confirm_raw in (None, False, "none"):
         confirm_raw = {}
     confirm = _section(Confirm, confirm_raw, "spec.confirm")
-    _int(confirm.top_k, "spec.confirm.top_k", 0)
+    _int(confirm.top_k, "spec.confirm.top_k", 0, MAX_SAMPLES)
     seeds = confirm.seeds
     if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = tuple(range(seeds))
+        seeds = tuple(range(_int(seeds, "spec.confirm.seeds", 0, MAX_SEEDS)))
     if not isinstance(seeds, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise UserError(f"spec.confirm.seeds: expected a list of integer seeds or a count, got {confirm.seeds!r}")
+    if len(seeds) > MAX_SEEDS:
+        raise UserError(f"spec.confirm.seeds: {len(seeds)} seeds is too many (at most {MAX_SEEDS})")
+    lo, hi = LIMITS["seed"]
+    for s in seeds:
+        if not lo <= s <= hi:
+            raise UserError(f"spec.confirm.seeds: {s!r} is out of range (a seed must be {lo} to {hi})")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"spec.confirm.seeds: {list(seeds)} repeats a seed")
     if confirm.top_k and not seeds:
@@ -302,9 +305,11 @@ def spec_from_dict(raw: dict[str, Any], *, name: str = "sweep", check_configs: b
     return spec
 
 
-def _int(v: Any, key: str, lo: int) -> int:
+def _int(v: Any, key: str, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise UserError(f"{key}: {v!r} must be an integer >= {lo}")
+    if v > hi:
+        raise UserError(f"{key}: {v!r} is out of range (must be {lo} to {hi})")
     return v
 
 
