@@ -17,6 +17,7 @@ import argparse
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 from pah.errors import UserError
 
@@ -55,10 +56,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     s.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes, one Ray node each (default 1)")
     s.add_argument("--tasks-per-node", type=int, default=1,
                    help="Ray nodes per SLURM node (default 1; 2 tests a multi-node cluster on one machine)")
-    s.add_argument("--gpus-per-node", type=int, default=0, metavar="G", help="GPUs per node (default 0)")
-    s.add_argument("--cpus-per-task", type=int, default=4, metavar="C", help="CPUs per Ray node (default 4)")
-    s.add_argument("--time", type=int, default=240, metavar="MINUTES",
-                   help="time limit per start; at the limit the job requeues and resumes (default 240)")
+    s.add_argument("--gpus-per-node", type=int, metavar="G",
+                   help="GPUs per node (default: the spec's concurrent trials x resources.gpus, capped by the nodes)")
+    s.add_argument("--cpus-per-task", type=int, metavar="C",
+                   help="CPUs per Ray node (default: the spec's concurrent trials per node x resources.cpus, "
+                        "capped by what the partition's nodes have; 4 for --probe)")
+    s.add_argument("--time", type=int, metavar="MINUTES",
+                   help="time limit per start; at the limit the job requeues and resumes "
+                        "(default 240, or the partition's limit if lower)")
     s.add_argument("--mem-gb", type=float, metavar="M", help="memory per node in GB (default: the partition's)")
     s.add_argument("--account", metavar="A", help="SLURM account to charge")
     s.add_argument("--qos", metavar="Q", help="SLURM quality of service")
@@ -67,6 +72,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="any other sbatch option, e.g. --sbatch exclusive= --sbatch gres=gpu:a100:4")
     s.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on the head's 127.0.0.1")
     s.add_argument("--wait", action="store_true", help="wait for the job to end (requeues included)")
+    s.epilog = ("Before submitting, the partition's nodes are read with sinfo: a request that no --nodes nodes of "
+                "the partition can meet (CPUs, GPUs, memory, node count, --time) is refused with exit 2 instead of "
+                "pending for ever.")
 
     r = sub.add_parser("ray", help="a Ray Job on a running Ray cluster (cloud, KubeRay, on-prem)",
                        description="Submit the sweep as a Ray Job to a running Ray cluster and stream its logs. "
@@ -88,20 +96,21 @@ def configure(p: argparse.ArgumentParser) -> None:
         v.add_argument("--address", help="Ray dashboard URL for a Ray Job; without it JOB is a SLURM job id")
 
 
-def _check_spec(args: argparse.Namespace) -> tuple[str | None, str]:
-    """Validate SPEC and --set before anything is queued (exit 2 on a bad one); returns (spec, name).
+def _check_spec(args: argparse.Namespace) -> tuple[str | None, str, Any]:
+    """Validate SPEC and --set before anything is queued (exit 2 on a bad one); returns (spec, name, Spec).
 
     ``spec`` is an absolute path for a file (the job may start in another directory) or a
     shipped name; ``name`` is the sweep's folder under --storage, fixed now so that every
     requeue of the job resumes the same sweep.
     """
-    if args.name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", args.name or ""):
-        raise UserError(f"--name may contain only letters, digits, '.', '_' and '-': {args.name!r}")
+    if args.name is not None and (not re.fullmatch(r"[A-Za-z0-9._-]+", args.name or "") or args.name in (".", "..")):
+        raise UserError(f"--name may contain only letters, digits, '.', '_' and '-' (a folder inside --storage): "
+                        f"{args.name!r}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.probe:
         if args.spec or args.overrides:
             raise UserError("--probe runs no sweep: give no SPEC or --set")
-        return None, args.name or f"probe-{stamp}"
+        return None, args.name or f"probe-{stamp}", None
     if not args.spec:
         raise UserError("SPEC is required (a sweep spec YAML path or a shipped name), or use --probe")
     from sweeps.spec import load_spec
@@ -109,16 +118,30 @@ def _check_spec(args: argparse.Namespace) -> tuple[str | None, str]:
     loaded = load_spec(args.spec, list(args.overrides))
     path = Path(args.spec)
     spec = str(path.resolve()) if path.is_file() else args.spec
-    return spec, args.name or f"{loaded.name}-{stamp}"
+    return spec, args.name or f"{loaded.name}-{stamp}", loaded
 
 
 def _run_slurm(args: argparse.Namespace) -> int:
+    from launch.sizing import read_partition, size_request
     from launch.slurm import SlurmResources, submit, wait
+    from pah.io import check_output_dir
 
-    spec, name = _check_spec(args)
+    spec, name, loaded = _check_spec(args)
+    # the options' own ranges first (exit 2 without asking SLURM), then the partition's nodes
+    given = {k: v for k, v in (("cpus_per_task", args.cpus_per_task), ("gpus_per_node", args.gpus_per_node),
+                                ("time_min", args.time)) if v is not None}
+    SlurmResources(nodes=args.nodes, tasks_per_node=args.tasks_per_node, mem_gb=args.mem_gb, **given)
+    check_output_dir(args.storage, "--storage")
+    request = size_request(
+        read_partition(args.partition), nodes=args.nodes, tasks_per_node=args.tasks_per_node,
+        cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node, time_min=args.time,
+        mem_gb=args.mem_gb, constraint=args.constraint,
+        trial_cpus=loaded.resources.cpus if loaded else None, trial_gpus=loaded.resources.gpus if loaded else 0.0,
+        max_concurrent=loaded.max_concurrent if loaded else 1,
+    )
     resources = SlurmResources(
         partition=args.partition, nodes=args.nodes, tasks_per_node=args.tasks_per_node,
-        cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node, time_min=args.time,
+        cpus_per_task=request.cpus_per_task, gpus_per_node=request.gpus_per_node, time_min=request.time_min,
         mem_gb=args.mem_gb, account=args.account, qos=args.qos, constraint=args.constraint,
         sbatch=dict(args.sbatch),
     )
@@ -132,6 +155,7 @@ def _run_slurm(args: argparse.Namespace) -> int:
                  job_name=f"pah-{name}", dashboard=args.dashboard)
     print(f"job: {sub.job_id}")
     print(f"sweep: {storage / name}")
+    print(f"resources: {request.note}")
     print(f"log: {sub.stdout}")
     print(f"err: {sub.stderr}")
     print(f"watch: pah launch status {sub.job_id}   (or: squeue -j {sub.job_id}; tail -f {sub.stdout})")
@@ -144,7 +168,7 @@ def _run_slurm(args: argparse.Namespace) -> int:
 def _run_ray(args: argparse.Namespace) -> int:
     from launch import rayjob
 
-    spec, name = _check_spec(args)
+    spec, name, _ = _check_spec(args)
     if not (args.storage.startswith(("/", "~")) or "://" in args.storage):
         # the driver runs in a temporary working dir on the cluster: a relative path would vanish with it
         raise UserError(f"--storage must be absolute (as the cluster sees it) or start with ~, got {args.storage!r}")
@@ -172,6 +196,9 @@ def run(args: argparse.Namespace) -> int:
         from launch import rayjob
 
         return (rayjob.status if args.backend == "status" else rayjob.cancel)(args.address, args.job)
+    if not re.fullmatch(r"\d+(_\d+)?", args.job):
+        raise UserError(f"JOB {args.job!r}: expected a SLURM job id such as 4242 (the 'job:' line), "
+                        "or give --address URL for a Ray Job")
     from launch import slurm
 
     return (slurm.status if args.backend == "status" else slurm.cancel)(args.job)

@@ -41,12 +41,16 @@ from launch.cluster import (
     wait_for_nodes,
     write_json,
 )
+from launch.sizing import pending_reason
 from pah.errors import UserError
 
 __all__ = ["SlurmResources", "RayClusterJob", "Submission", "submit", "job_state", "cancel"]
 
 # A sweep resumes on every start, so a timeout is routine: requeue many times, not submitit's 3.
 MAX_TIMEOUT_REQUEUES = 20
+#: (lowest, highest) of each option: beyond them no cluster could run the job
+LIMITS = {"nodes": (1, 100_000), "tasks_per_node": (1, 1024), "cpus_per_task": (1, 100_000),
+          "gpus_per_node": (0, 1024), "time_min": (1, 366 * 24 * 60)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,13 +71,14 @@ class SlurmResources:
     sbatch: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("nodes", "tasks_per_node", "cpus_per_task", "time_min"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.gpus_per_node < 0:
-            raise UserError(f"--gpus-per-node must be >= 0, got {self.gpus_per_node}")
-        if self.mem_gb is not None and self.mem_gb <= 0:
-            raise UserError(f"--mem-gb must be positive, got {self.mem_gb}")
+        for name in ("nodes", "tasks_per_node", "cpus_per_task", "time_min", "gpus_per_node"):
+            lo, hi = LIMITS[name]
+            if not lo <= getattr(self, name) <= hi:
+                opt = "--time" if name == "time_min" else f"--{name.replace('_', '-')}"
+                raise UserError(f"{opt} must be {'at least ' + str(lo) if getattr(self, name) < lo else 'at most ' + str(hi)}"
+                                f", got {getattr(self, name)}")
+        if self.mem_gb is not None and not 0 < self.mem_gb <= 1_000_000:
+            raise UserError(f"--mem-gb must be a positive number of GB (at most 1000000), got {self.mem_gb}")
 
     def submitit_parameters(self, *, job_name: str) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -265,7 +270,13 @@ def status(job_id: str) -> int:
         print(_slurm(["squeue", "-j", job_id, "-o", "%.10i %.30j %.10T %.10M %.6D %R"]).stdout.rstrip())
     for jid, name, _, elapsed, nodes, code in rows[-1:]:
         print(f"job: {jid}\nname: {name}\nelapsed: {elapsed}\nnodes: {nodes}\nexit code: {code}")
-    print(f"state: {job_state(job_id)}")
+    state = job_state(job_id)
+    print(f"state: {state}")
+    if queued:
+        out = _slurm(["squeue", "-h", "-j", job_id, "-o", "%T|%r"]).stdout.strip().splitlines()
+        queue_state, _, code = (out[0] if out else "").partition("|")
+        if queue_state == "PENDING" and pending_reason(code):
+            print(f"reason: {pending_reason(code)}")
     return 0
 
 

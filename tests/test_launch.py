@@ -61,14 +61,21 @@ def test_sbatch_reason_is_one_line():
     (["launch", "ray", "quickstart", "--address", "127.0.0.1:6379"], ["http://"]),
     (["launch", "ray", "quickstart", "--address", "http://127.0.0.1:1", "--storage", "rel/dir"], ["--storage"]),
 ])
-def test_bad_input_is_exit_2_with_one_error_line(args, words, tmp_path):
+def test_bad_input_is_exit_2_with_one_error_line(args, words, tmp_path, monkeypatch, capsys):
+    from pah.cli import main
+
+    monkeypatch.chdir(tmp_path)
     storage = [] if "--storage" in args else ["--storage", str(tmp_path / "s") if args[1] == "slurm" else "~/x"]
-    r = run_pah(*args, *storage, cwd=tmp_path)
-    assert r.returncode == 2, r.stdout + r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    try:
+        code = main([*args, *storage])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
     assert all(w in lines[0] for w in words), lines[0]
-    assert not (tmp_path / "s").exists()
+    assert not list(tmp_path.iterdir())
 
 
 def test_launch_help_names_every_backend():
@@ -117,3 +124,116 @@ def test_kuberay_manifest_is_a_valid_raycluster():
     validate_config(prepare_config(config))
     assert config["available_node_types"]["gpu"]["resources"]["GPU"] == 1
     assert config["available_node_types"]["headgroup"]["resources"]["CPU"] == 0
+
+
+# --------------------------------------------------------------------------- sizing a SLURM job from sinfo
+
+# `sinfo -h -N -o SINFO_FORMAT` as a small CPU-only site and a GPU site print it
+TWO_CPU_NODE = "debug*|node1|2|7900|(null)|(null)|idle|infinite|1-infinite\n"
+GPU_SITE = """\
+cpu*|c1|32|128000|(null)|(null)|idle|1-00:00:00|1-infinite
+cpu*|c2|32|128000|(null)|(null)|mixed|1-00:00:00|1-infinite
+gpu|g1|64|512000|gpu:a100:4(S:0-1)|a100,ib|mixed|2-00:00:00|1-8
+gpu|g2|64|512000|gpu:a100:4(S:0-1)|a100,ib|idle|2-00:00:00|1-8
+gpu|g3|48|256000|gpu:v100:2,gpu:t4:1|v100|drained|2-00:00:00|1-8
+"""
+
+
+def _part(text: str, name: str | None = None):
+    from launch.sizing import parse_sinfo, pick_partition
+
+    return pick_partition(parse_sinfo(text), name)
+
+
+def test_sinfo_output_is_parsed():
+    from launch.sizing import _gpus, _time_min, parse_sinfo
+
+    parts = parse_sinfo(GPU_SITE)
+    assert set(parts) == {"cpu", "gpu"} and parts["cpu"].default and not parts["gpu"].default
+    gpu = parts["gpu"]
+    assert [(n.name, n.cpus, n.gpus) for n in gpu.nodes] == [("g1", 64, 4), ("g2", 64, 4), ("g3", 48, 3)]
+    assert gpu.max_time_min == 2880 and gpu.max_nodes == 8 and gpu.nodes[0].features == {"a100", "ib"}
+    assert parts["cpu"].max_time_min == 1440 and parts["cpu"].max_nodes is None
+    assert parse_sinfo(TWO_CPU_NODE)["debug"].max_time_min is None
+    assert [_time_min(t) for t in ("infinite", "30", "30:00", "4:00:00", "2-12", "1-00:00:00", "0:30:01")] == \
+        [None, 30, 30, 240, 3600, 1440, 31]
+    assert [_gpus(g) for g in ("(null)", "gpu:2", "gpu:a100:4(S:0-1)", "mps:100,gpu:1", "gpu")] == [0, 2, 4, 1, 1]
+
+
+def test_the_issues_two_cpu_node_gets_a_job_it_can_run():
+    """Seen: the quickstart asked a 2-CPU node for 4 CPUs (the old default) and pended for ever."""
+    from launch.sizing import size_request
+
+    part = _part(TWO_CPU_NODE, "debug")
+    quickstart = {"trial_cpus": 1.0, "max_concurrent": 2}
+    r = size_request(part, nodes=1, **quickstart)
+    assert (r.cpus_per_task, r.gpus_per_node, r.time_min) == (2, 0, 240), r
+    # more concurrent trials than the node has CPUs: capped at the node, fewer run at once
+    r = size_request(part, nodes=1, trial_cpus=1.0, max_concurrent=8)
+    assert r.cpus_per_task == 2 and "capped at 2" in r.note
+    # two Ray nodes on the one node share its CPUs
+    assert size_request(part, nodes=1, tasks_per_node=2, **quickstart).cpus_per_task == 1
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"cpus_per_task": 4}, ["--cpus-per-task 4", "at most 2 CPU"]),
+    ({"nodes": 2}, ["--nodes 2", "only 1 node"]),
+    ({"gpus_per_node": 1}, ["--gpus-per-node 1", "0 GPU"]),
+    ({"mem_gb": 64}, ["--mem-gb 64", "7.7 GB"]),
+    ({"trial_cpus": 4.0}, ["spec.resources.cpus", "4 CPU", "never start a trial"]),
+    ({"trial_gpus": 0.5}, ["spec.resources.gpus", "never start a trial"]),
+    ({"tasks_per_node": 3}, ["--tasks-per-node 3", "2 CPU"]),
+    ({"constraint": "a100"}, ["--constraint a100", "no node"]),
+    ({"cpus_per_task": 1, "trial_cpus": 2.0}, ["spec.resources.cpus", "2 CPU"]),
+])
+def test_a_request_no_node_can_meet_is_refused_naming_the_option(kwargs, words):
+    from launch.sizing import size_request
+    from pah.errors import UserError
+
+    args = {"nodes": 1, "trial_cpus": 1.0, "max_concurrent": 2, **kwargs}
+    with pytest.raises(UserError) as e:
+        size_request(_part(TWO_CPU_NODE, "debug"), **args)
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_a_gpu_spec_is_sized_per_node_and_checked_against_the_partition():
+    from launch.sizing import size_request
+    from pah.errors import UserError
+    from sweeps.spec import load_spec
+
+    cifar = load_spec("split-cifar100-pah")  # 8 concurrent trials x (2 CPUs, 0.25 GPU)
+    spec = {"trial_cpus": cifar.resources.cpus, "trial_gpus": cifar.resources.gpus,
+            "max_concurrent": cifar.max_concurrent}
+    gpu = _part(GPU_SITE, "gpu")
+    r = size_request(gpu, nodes=2, **spec)  # 4 trials per node
+    assert (r.cpus_per_task, r.gpus_per_node, r.time_min) == (8, 1, 240), r
+    r = size_request(gpu, nodes=1, **spec)  # 8 trials on one node
+    assert (r.cpus_per_task, r.gpus_per_node) == (16, 2)
+    r = size_request(gpu, nodes=3, **spec)  # the third-best node bounds all three
+    assert (r.cpus_per_task, r.gpus_per_node) == (6, 1)
+    assert size_request(gpu, nodes=2, constraint="a100", **spec).gpus_per_node == 1
+    assert size_request(_part(GPU_SITE), nodes=1, trial_cpus=1.0).time_min == 240  # the default partition, cpu
+    short = _part(GPU_SITE.replace("1-00:00:00", "60"))
+    assert size_request(short, nodes=1, trial_cpus=1.0).time_min == 60  # the default time, lowered to the limit
+    for kwargs, words in [({"time_min": 5000}, ["--time 5000", "2880"]), ({"nodes": 9}, ["--nodes 9", "at most 8"]),
+                          ({"nodes": 4}, ["--nodes 4", "only 3"]), ({"gpus_per_node": 8}, ["--gpus-per-node 8", "4 GPU"]),
+                          ({"gpus_per_node": 0}, ["--gpus-per-node 0", "spec.resources.gpus"]),
+                          ({"constraint": "h100"}, ["--constraint h100", "a100, ib, v100"])]:
+        with pytest.raises(UserError) as e:
+            size_request(gpu, **{"nodes": 1, **spec, **kwargs})
+        assert all(w in str(e.value) for w in words), str(e.value)
+    with pytest.raises(UserError, match="invalid partition.*cpu, gpu"):
+        _part(GPU_SITE, "nope")
+    with pytest.raises(UserError, match="no default partition"):
+        _part(GPU_SITE.replace("cpu*", "cpu"))
+
+
+def test_pending_reasons_in_words():
+    from launch.sizing import pending_reason
+
+    assert pending_reason("PartitionConfig").startswith("PartitionConfig: it will never start")
+    assert "shorter --time" in pending_reason("PartitionTimeLimit")
+    assert pending_reason("Priority") == "Priority: waiting behind jobs of higher priority"
+    assert "down, drained or reserved" in pending_reason("ReqNodeNotAvail, UnavailableNodes:n1")
+    assert "QOS limit" in pending_reason("QOSMaxCpuPerUserLimit")
+    assert pending_reason("None") == "" and pending_reason("SomethingNew") == "SomethingNew"

@@ -161,3 +161,52 @@ def test_status_and_cancel(tmp_path):
     again = run_pah("launch", "cancel", job)
     assert again.returncode == 2 and again.stderr.startswith("error:") and "CANCELLED" in again.stderr
     assert run_pah("launch", "status", "999999").returncode == 2
+
+
+def _squeue_ids() -> set[str]:
+    return set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
+
+
+def test_a_job_no_node_can_run_is_never_queued_and_the_default_fits(tmp_path):
+    """The issue's command on a node with C CPUs: asking for C+1 is refused (exit 2, nothing queued);
+    without --cpus-per-task the job is sized from the spec, capped at C, and `pah launch status`
+    says in words why a job waits."""
+    cpus = max(int(c) for c in subprocess.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%c"], capture_output=True,
+                                              text=True, check=True).stdout.split())
+    before = _squeue_ids()
+    for extra, words in [(["--cpus-per-task", str(cpus + 1)], [f"--cpus-per-task {cpus + 1}", f"at most {cpus} CPU"]),
+                         (["--nodes", "2"], ["--nodes 2", "only 1 node"])]:
+        r = run_pah("launch", "slurm", "quickstart", "--partition", "debug", *extra, "--storage", str(tmp_path / "s"))
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), r.stdout + r.stderr
+        assert all(w in lines[0] for w in words), lines[0]
+        assert not (tmp_path / "s").exists() and _squeue_ids() == before
+
+    # more concurrent trials than the node has CPUs: the request is capped at the node (held: it never runs)
+    r = run_pah("launch", "slurm", "quickstart", "--partition", "debug", "--nodes", "1", "--set", f"max_concurrent={2 * cpus}",
+                "--time", "5", "--sbatch", "hold=", "--storage", str(tmp_path / "s"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    job = _field(r.stdout, "job")
+    try:
+        assert re.search(rf"^resources: .* x {cpus} CPU\(s\)", r.stdout, re.M), r.stdout
+        show = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+        assert re.search(rf"\bNumCPUs={cpus}\b", show), show
+        st = run_pah("launch", "status", job)
+        assert st.returncode == 0 and "reason: JobHeldUser: held by its user" in st.stdout, st.stdout + st.stderr
+    finally:
+        subprocess.run(["scancel", job])
+
+    # a job that can never start, queued behind pah's back: status says so
+    bad = subprocess.run(["sbatch", "--parsable", "-p", "debug", "-c", str(cpus + 1), "--wrap", "true"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        deadline = time.monotonic() + 60
+        while "PartitionConfig" not in subprocess.run(["squeue", "-h", "-j", bad, "-o", "%r"], capture_output=True,
+                                                      text=True).stdout:
+            assert time.monotonic() < deadline, "no PartitionConfig reason within 60 s"
+            time.sleep(1)
+        st = run_pah("launch", "status", bad)
+        assert st.returncode == 0 and "state: PENDING" in st.stdout, st.stdout + st.stderr
+        assert "reason: PartitionConfig: it will never start" in st.stdout, st.stdout
+    finally:
+        subprocess.run(["scancel", bad])
