@@ -22,9 +22,12 @@
 #   LOCAL_SLURM_CPUS=<nproc, at least 4>  CPUs the node advertises (may exceed the real
 #                              count; 4 lets the tests' 2-task jobs run beside another job)
 #   LOCAL_SLURM_MEM_MB=<85% of RAM>
-#   LOCAL_SLURM_PORT_BASE=6817 TCP ports BASE..BASE+3: slurmctld, slurmd, slurmdbd, mariadb
+#   LOCAL_SLURM_PORT_BASE=     TCP ports BASE..BASE+3: slurmctld, slurmd, slurmdbd, mariadb
 #                              (mariadb binds 127.0.0.1; slurmctld/slurmd too when the host
-#                              name resolves to loopback; slurmdbd listens on all addresses)
+#                              name resolves to loopback; slurmdbd listens on all addresses).
+#                              Unset: the first 4 free ports from 6817 up, in steps of 4 (a
+#                              restart while daemons of DIR run keeps the ports in DIR/ports);
+#                              set: exactly those, and an error if one is taken.
 #   LOCAL_SLURM_PROCTRACK=linuxproc  or cgroup (needs a writable cgroup v1 freezer/v2 fs)
 #   LOCAL_SLURM_CRED_EXPIRE=20 seconds; also the delay before a requeued job may restart
 #                              (Slurm's default is 120)
@@ -50,8 +53,7 @@ ACCT=${LOCAL_SLURM_ACCOUNTING:-1}
 PROCTRACK=${LOCAL_SLURM_PROCTRACK:-linuxproc}
 CRED_EXPIRE=${LOCAL_SLURM_CRED_EXPIRE:-20}
 WAIT_S=${LOCAL_SLURM_WAIT_S:-60}
-PORT_BASE=${LOCAL_SLURM_PORT_BASE:-6817}
-CTLD_PORT=$PORT_BASE; SLURMD_PORT=$((PORT_BASE + 1)); DBD_PORT=$((PORT_BASE + 2)); DB_PORT=$((PORT_BASE + 3))
+PORT_BASE=${LOCAL_SLURM_PORT_BASE:-}  # chosen in do_start when unset
 NODE=$(hostname -s)
 CLUSTER=local
 PARTITION=debug
@@ -78,7 +80,37 @@ our_pid() {  # $1 = daemon name; prints PID and returns 0 if that daemon from DI
   fi
   return 1
 }
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_busy() {  # $1 = TCP port: bound on any address (/proc/net/tcp*), or answering on 127.0.0.1
+  local hex; hex=$(printf ':%04X' "$1")
+  awk -v p="$hex" 'FNR > 1 && substr($2, length($2) - 4) == p {found = 1} END {exit !found}' \
+    /proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+set_ports() {  # $1 = base: slurmctld, slurmd, slurmdbd, mariadb
+  PORT_BASE=$1; CTLD_PORT=$1; SLURMD_PORT=$(($1 + 1)); DBD_PORT=$(($1 + 2)); DB_PORT=$(($1 + 3))
+}
+pick_ports() {
+  local name base p busy
+  if [ -n "$PORT_BASE" ]; then set_ports "$PORT_BASE"; return 0; fi
+  for name in munged mariadbd slurmdbd slurmctld slurmd; do  # a restart keeps the running daemons' ports
+    our_pid "$name" >/dev/null || continue
+    base=
+    [ -s "$DIR/ports" ] && base=$(tr -dc '0-9' < "$DIR/ports")
+    [ -n "$base" ] || base=$(sed -n 's/^SlurmctldPort=\([0-9]*\)$/\1/p' "$CONF" 2>/dev/null | head -n1)
+    if [ -n "$base" ]; then set_ports "$base"; echo "$base" > "$DIR/ports"; return 0; fi
+    break
+  done
+  for base in $(seq 6817 4 7213); do
+    busy=
+    for p in $base $((base + 1)) $((base + 2)) $((base + 3)); do port_busy "$p" && { busy=$p; break; }; done
+    if [ -z "$busy" ]; then
+      set_ports "$base"; echo "$base" > "$DIR/ports"
+      log "ports $base-$((base + 3)) (slurmctld, slurmd, slurmdbd, mariadb)"
+      return 0
+    fi
+  done
+  die "no 4 consecutive free TCP ports between 6817 and 7216; set LOCAL_SLURM_PORT_BASE"
+}
 wait_for() {  # $1 = description, rest = command; bounded by WAIT_S
   local what=$1; shift; local t=0
   until "$@" >/dev/null 2>&1; do
@@ -92,9 +124,10 @@ start_daemon() {  # $1 = name, $2 = port ('' = none), rest = command line
   if pid=$(our_pid "$name"); then log "$name already running (pid $pid)"; return 0; fi
   rm -f "$(pidfile "$name")"
   if [ -n "$port" ] && port_busy "$port"; then
-    die "port $port (for $name) is already in use by something else; set LOCAL_SLURM_PORT_BASE"
+    die "port $port (for $name) is already in use by something else; unset LOCAL_SLURM_PORT_BASE to pick free ports, or choose another"
   fi
   log "starting $name"
+  STARTED+=("$name")
   # own log for early errors; never inherit our stdout (eval "$(...)" would wait on it)
   "$@" </dev/null >>"$DIR/log/$name.start.log" 2>&1 || { show_logs; die "$name failed to start"; }
   wait_for "$name" our_pid "$name" || { show_logs; die "$name did not come up (no live PID in $(pidfile "$name"))"; }
@@ -303,10 +336,26 @@ EOF
 }
 
 # ---------- start
+STARTED=()
+undo_start() {  # a failed start stops the daemons this call started (not those it found running)
+  local i name pid
+  for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
+    name=${STARTED[$i]}
+    pid=$(our_pid "$name") || continue
+    log "start failed: stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+    rm -f "$(pidfile "$name")"
+  done
+}
+
 do_start() {
+  trap 'rc=$?; [ $rc -eq 0 ] || undo_start; exit $rc' EXIT
   install_pkgs
   mkdir -p "$DIR"/{run,log,state,spool,munge,mysql}
   chmod 755 "$DIR" "$DIR/run" "$DIR/log"; chmod 700 "$DIR/munge" "$DIR/mysql"
+  pick_ports
   if [ ! -s "$DIR/munge/munge.key" ]; then
     head -c 1024 /dev/urandom > "$DIR/munge/munge.key"; chmod 400 "$DIR/munge/munge.key"
   fi
@@ -365,6 +414,7 @@ do_start() {
     sleep 0.5
   done
   log "cluster '$CLUSTER' up: node $NODE is $state, partition $PARTITION, dir $DIR"
+  trap - EXIT
   env_lines
 }
 
