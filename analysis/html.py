@@ -182,13 +182,15 @@ def _environment(results: Results, sweeps: Sequence[SweepInfo]) -> str:
 
 
 def _importances(imps: list[tuple[str, str, dict[str, float]]]) -> str:
+    from analysis.plots import IMPORTANCE_METHOD
+
     if not imps:
         return ('<p class="note">No Optuna study with importances (no <code>optuna.db</code> under the analysed '
                 "directories, or too few finished trials to compute them).</p>")
     out = []
     for study, objective, imp in imps:
         rows = [[_e(k), f"{100 * v:.1f}"] for k, v in sorted(imp.items(), key=lambda kv: -kv[1])]
-        out.append(f"<p>Study <b>{_e(study)}</b>, objective {_e(objective)} (fANOVA, % of explained variance):</p>")
+        out.append(f"<p>Study <b>{_e(study)}</b>, objective {_e(objective)} ({_e(IMPORTANCE_METHOD)}):</p>")
         out.append(_table(["hyperparameter", "importance %"], rows, numeric=[1]))
     return "\n".join(out)
 

@@ -23,6 +23,7 @@ import io
 import math
 import re
 import textwrap
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +40,8 @@ __all__ = ["make_plots", "figures", "png_bytes", "group_labels", "context", "par
            "OPTUNA_DB"]
 
 OPTUNA_DB = "optuna.db"
+#: how the importances are computed, for labels
+IMPORTANCE_METHOD = "Optuna's PED-ANOVA, normalised to sum to 100"
 #: hyperparameters named in a legend entry (as in the tables)
 MAX_LEGEND_KEYS = 4
 MARKERS = "osD^vP*Xph"
@@ -237,6 +240,7 @@ def optuna_importances(dirs: Iterable[Path]) -> list[tuple[str, str, dict[str, f
     except ImportError:
         return []
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    evaluator = getattr(optuna.importance, "PedAnovaImportanceEvaluator", None)  # Optuna's default since 4.x
     found = []
     for db in dbs:
         storage = f"sqlite:///{db}"
@@ -250,9 +254,14 @@ def optuna_importances(dirs: Iterable[Path]) -> list[tuple[str, str, dict[str, f
                 multi = len(study.directions) > 1
                 target = (lambda t: t.values[0]) if multi else None
                 objective = (study.metric_names or ["objective"])[0] if study.metric_names else "objective"
-                imp = optuna.importance.get_param_importances(study, target=target)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    imp = optuna.importance.get_param_importances(
+                        study, target=target, evaluator=evaluator() if evaluator else None)
             except Exception:  # too few trials, no varied parameter, ...: nothing to show
                 continue
+            if any("too small" in str(w.message) for w in caught):
+                continue  # Optuna would report equal importances: a made-up answer
             if imp:
                 found.append((name if len(dbs) == 1 else f"{db.parent.name}-{name}", objective, dict(imp)))
     return found
@@ -265,7 +274,7 @@ def _importance_plot(study: str, objective: str, imp: dict[str, float]) -> Figur
     fig = Figure(figsize=(6, 1.2 + 0.35 * len(items)), layout="constrained")
     ax = fig.add_subplot()
     ax.barh([k for k, _ in items], [100 * v for _, v in items], color="tab:blue")
-    ax.set_xlabel(f"importance for {objective} (% of explained variance)")
+    ax.set_xlabel(f"importance for {objective} (%, {IMPORTANCE_METHOD})")
     ax.set_title(f"Optuna hyperparameter importances: {study}", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return fig

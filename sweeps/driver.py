@@ -9,9 +9,16 @@ every (re)start. It is idempotent on its sweep directory:
     SWEEP/tune/search/            Ray Tune's experiment dir of phase 1 (Tuner.restore reads it;
                                   .pah-snapshot/ keeps the last complete copy of its state)
     SWEEP/tune/confirm/           ... of phase 2
-    SWEEP/trials/search/ID/       one trial: result.json, checkpoint/, params.json, log.txt
+    SWEEP/trials/search/ID/       one trial: result.json, checkpoint/, params.json, log.txt; stopped.json
+                                  if the scheduler ended it early, error.json if it raised
     SWEEP/trials/confirm/ID/
     SWEEP/wandb/                  offline W&B runs (sync with `wandb sync SWEEP/wandb/offline-run-*`)
+    SWEEP/report.html             the self-contained report, written when the sweep ends
+
+The base config (the spec's preset plus ``set``) is a candidate like any other: it is the
+search phase's first trial (its values for the searched keys that lie in the space), and the
+confirm phase runs it over the confirm seeds next to the top-K, so that the final table says
+how the best config compares with not sweeping at all (difference and Welch p).
 
 A phase that finished is never run again; an interrupted one is restored with
 ``Tuner.restore(resume_unfinished=True, resume_errored=True)``: finished trials are kept,
@@ -38,10 +45,12 @@ from pah.errors import UserError
 from pah.io import atomic_write_bytes, atomic_write_json, read_json
 from sweeps.spec import Spec, load_spec, spec_from_dict
 
-__all__ = ["run_sweep", "DEFAULT_STORAGE", "STATE", "select_candidates", "summary_table"]
+__all__ = ["run_sweep", "DEFAULT_STORAGE", "STATE", "REPORT", "select_candidates", "summary_table", "write_report",
+           "confirm_jobs"]
 
 DEFAULT_STORAGE = Path("runs") / "sweeps"
 STATE = "sweep.json"
+REPORT = "report.html"
 PHASES = ("search", "confirm")
 
 
@@ -74,19 +83,40 @@ def run_sweep(
     phases = state["phases"]
     if phases["search"]["done"] and (phases["confirm"]["done"] or not spec_obj.confirm.top_k):
         print(summary_table(sweep_dir, spec_obj, state), flush=True)  # finished already: no Ray needed
+        if not (sweep_dir / REPORT).exists():
+            write_report(sweep_dir)
         return sweep_dir
+    if "base" not in state:
+        from sweeps.search import base_point
+
+        state["base"] = base_point(spec_obj)
+        _save(sweep_dir, state)
     with _ray(address, spec_obj):
         if not state["phases"]["search"]["done"]:
             _run_phase(sweep_dir, spec_obj, state, "search", progress)
         if spec_obj.confirm.top_k:
             if "candidates" not in state["phases"]["confirm"]:
-                state["phases"]["confirm"]["candidates"] = select_candidates(sweep_dir, spec_obj)
+                state["phases"]["confirm"]["candidates"] = select_candidates(sweep_dir, spec_obj, base=state["base"])
                 _save(sweep_dir, state)
             if not state["phases"]["confirm"]["done"]:
                 _run_phase(sweep_dir, spec_obj, state, "confirm", progress)
 
     print(summary_table(sweep_dir, spec_obj, state), flush=True)
+    write_report(sweep_dir)
     return sweep_dir
+
+
+def write_report(sweep_dir: Path) -> Path | None:
+    """SWEEP/report.html (see analysis.html); a failure is a note, never a failed sweep."""
+    try:
+        from analysis.html import write_html
+
+        path = write_html([sweep_dir], sweep_dir / REPORT)
+    except Exception as e:  # the results are on disk either way; `pah analyze SWEEP --html` retries
+        print(f"note: could not write {sweep_dir / REPORT} ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+        return None
+    print(f"report: {path}", flush=True)
+    return path
 
 
 # --------------------------------------------------------------------------- sweep dir and state
@@ -172,7 +202,7 @@ def _ray(address: str | None, spec: Spec) -> Iterator[None]:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for noisy in ("ray.tune.analysis.experiment_analysis", "ray.tune.utils.util",
+    for noisy in ("ray.tune.analysis.experiment_analysis", "ray.tune.utils.util", "ray.tune.search.sample",
                   "ray._private.authentication.authentication_token_setup"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # a failed trial's traceback goes to its error file; our progress line names it and the reason
@@ -218,10 +248,15 @@ def _param_space(spec: Spec, phase: str, state: dict[str, Any]) -> dict[str, Any
     from ray import tune
 
     if phase == "confirm":
-        cands = state["phases"]["confirm"]["candidates"]
-        search_seed = state["phases"]["confirm"].get("search_seed")
-        seeds = [s for s in spec.confirm.seeds if s != search_seed]
-        return {"candidate": tune.grid_search(list(range(len(cands)))), "seed": tune.grid_search(seeds)}
+        # a grid over the (candidate, seed) pairs: not every candidate runs every seed (see confirm_jobs).
+        # Ray 2.60 hands these functions its spec dict (config under .config), calling that form deprecated;
+        # the form it recommends fails for a value from a grid (tests/test_sweep_base.py resolves this space).
+        jobs = confirm_jobs(spec, state)
+        return {
+            "job": tune.grid_search(list(range(len(jobs)))),
+            "candidate": tune.sample_from(lambda s: jobs[s.config.job][0]),
+            "seed": tune.sample_from(lambda s: jobs[s.config.job][1]),
+        }
     space: dict[str, Any] = {}
     for key, d in spec.space.items():
         if spec.searcher == "grid":
@@ -237,9 +272,23 @@ def _param_space(spec: Spec, phase: str, state: dict[str, Any]) -> dict[str, Any
     return space
 
 
-def _searcher(spec: Spec, seed: int):
-    if not spec.searcher.startswith("optuna"):
-        return None  # Tune's BasicVariantGenerator: random sampling, or the grid
+def confirm_jobs(spec: Spec, state: dict[str, Any]) -> list[tuple[int, int]]:
+    """(candidate index, seed) of every confirm trial: each candidate on each confirm seed, except the
+    search seed for a candidate whose search trial finished on it (that result is reused)."""
+    confirm = state["phases"]["confirm"]
+    search_seed = confirm.get("search_seed")
+    return [(i, seed) for i, c in enumerate(confirm.get("candidates") or []) for seed in spec.confirm.seeds
+            if not (seed == search_seed and c.get("dir"))]
+
+
+def _searcher(spec: Spec, seed: int, point: dict[str, Any] | None):
+    """Optuna (TPE, multi-objective) or Tune's BasicVariantGenerator, asking for ``point`` (the base) first."""
+    if spec.searcher == "grid":
+        return None  # the grid's own points; the base config enters through the confirm phase
+    if spec.searcher == "random":
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(points_to_evaluate=[dict(point)] if point else None, max_concurrent=spec.max_concurrent)
     import optuna
 
     from sweeps.search import SequenceOptunaSearch
@@ -255,6 +304,7 @@ def _searcher(spec: Spec, seed: int):
         mode=list(spec.modes) if multi else spec.modes[0],
         sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True),
         study_name=spec.name,
+        base_point=point,
     )  # TuneConfig.max_concurrent_trials wraps it in a ConcurrencyLimiter
 
 
@@ -355,7 +405,7 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
         make_trainable(spec.to_dict(), str(sweep_dir), phase, cpus=spec.resources.cpus, candidates=candidates),
         {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
-    if phase == "confirm" and not (candidates and _param_space(spec, phase, state)["seed"]["grid_search"]):
+    if phase == "confirm" and not (candidates and confirm_jobs(spec, state)):
         if not candidates:
             print("[confirm] no search trial finished its task sequence: nothing to confirm", flush=True)
         state["phases"][phase]["done"] = True
@@ -382,19 +432,25 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
         num_tasks = BENCHMARKS.get(base_cfg.data.name)().resolved_shape(base_cfg.data).num_tasks
         metric, mode = spec.metrics[0], spec.modes[0]
         search = phase == "search"
+        point = (state.get("base") or {}).get("point") if search and spec.searcher != "grid" else None
+        if search and progress:
+            print(_base_line(spec, state.get("base")), flush=True)
         callbacks: list[Any] = [
-            ConciseProgress(phase, metric, mode, sweep_dir=str(sweep_dir), enabled=progress, candidates=candidates),
+            ConciseProgress(phase, metric, mode, sweep_dir=str(sweep_dir), enabled=progress, candidates=candidates,
+                            scheduler=spec.scheduler.name, base_point=point),
             SnapshotGuard(str(exp_path)),
         ]
         callbacks += _wandb_callback(spec, sweep_dir, candidates)
+        search_alg = _searcher(spec, base_cfg.seed, point) if search else None
         tuner = tune.Tuner(
             trainable,
             param_space=_param_space(spec, phase, state),
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(spec, base_cfg.seed) if search else None,
+                search_alg=search_alg,
                 scheduler=_scheduler(spec, num_tasks) if search else None,
                 num_samples=spec.num_samples if search else 1,
-                max_concurrent_trials=spec.max_concurrent,
+                # a BasicVariantGenerator limits itself (Tune ignores this for it, with a warning)
+                max_concurrent_trials=None if search and spec.searcher == "random" else spec.max_concurrent,
             ),
             run_config=tune.RunConfig(
                 name=phase,
@@ -412,6 +468,7 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
     grid = tuner.fit()
     if phase == "search" and spec.searcher.startswith("optuna"):
         _export_study(sweep_dir)
+    _mark_stopped(sweep_dir, spec, phase, grid)
     errored = [r for r in grid if r.error is not None]
     state["phases"][phase]["done"] = True
     state["phases"][phase]["seconds"] = round(state["phases"][phase].get("seconds", 0.0) + time.monotonic() - t0, 1)
@@ -419,6 +476,36 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
     _save(sweep_dir, state)
     if progress:
         print(f"[{phase}] finished: {len(grid)} trials, {len(errored)} errored", flush=True)
+
+
+def _base_line(spec: Spec, base: dict[str, Any] | None) -> str:
+    """What the search does with the base config, in one line."""
+    if not base or not spec.space:
+        return "[search] the base config is compared in the confirm phase"
+    shown = ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in base["values"].items())
+    if spec.searcher == "grid":
+        return f"[search] base config ({shown}): not a grid point unless listed; the confirm phase runs it"
+    if not base["outside"]:
+        return f"[search] trial 1 is the base config ({shown})"
+    out = ", ".join(f"{k}={_fmt(base['values'][k])}" for k in base["outside"])
+    return (f"[search] base config ({shown}): {out} lies outside the space, so trial 1 takes the base's values for the "
+            f"other keys only{'; the confirm phase runs the base config itself' if spec.confirm.top_k else ''}")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _mark_stopped(sweep_dir: Path, spec: Spec, phase: str, grid) -> None:
+    """Make sure every trial the scheduler ended early has its stopped.json (the progress callback writes it
+    as it happens; a driver that died in between, and was restored, would miss it)."""
+    from sweeps.progress import mark_stopped
+
+    for r in grid:
+        m = r.metrics or {}
+        if r.error is None and m.get("trial_id"):
+            mark_stopped(sweep_dir / "trials" / phase / str(m["trial_id"]), m, by=spec.scheduler.name,
+                         metric=spec.metrics[0])
 
 
 # --------------------------------------------------------------------------- confirm candidates and the table
@@ -440,11 +527,14 @@ def _value(result: dict[str, Any], metric: str) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def select_candidates(sweep_dir: Path, spec: Spec) -> list[dict[str, Any]]:
-    """The top-K distinct configs of phase 1 that finished the whole sequence.
+def select_candidates(sweep_dir: Path, spec: Spec, *, base: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The top-K distinct configs of phase 1 that finished the whole sequence, plus the base config.
 
     Single objective: sorted by the metric. Several: non-dominated fronts first, then the
-    first metric within a front.
+    first metric within a front. ``base`` (see :func:`sweeps.search.base_point`): the base
+    config is marked ``"base": True`` where it is among the top K, else appended, with the
+    dir of its finished search trial if there is one (else ``"dir": None``: the confirm
+    phase then runs it on the search seed too).
     """
     from sweeps.trainable import read_params
 
@@ -466,7 +556,16 @@ def select_candidates(sweep_dir: Path, spec: Spec) -> list[dict[str, Any]]:
         if r["config_id"] not in seen:
             seen.add(r["config_id"])
             out.append(r)
-    return out[: spec.confirm.top_k]
+    out = out[: spec.confirm.top_k]
+    if base is not None and spec.confirm.top_k:
+        mine = [r for r in out if r["config_id"] == base["config_id"]]
+        if mine:
+            mine[0]["base"] = True
+        else:
+            done = [r for r in ranked if r["config_id"] == base["config_id"]]
+            out.append({"dir": done[0]["dir"] if done else None, "config_id": base["config_id"],
+                        "params": dict(base["values"]), "score": done[0]["score"] if done else None, "base": True})
+    return out
 
 
 def _dominates(a: list[float], b: list[float]) -> bool:
@@ -477,7 +576,8 @@ def _table_dirs(sweep_dir: Path, spec: Spec, state: dict[str, Any]) -> list[Path
     if spec.confirm.top_k:
         confirm = state["phases"]["confirm"]
         reused = confirm.get("search_seed") in spec.confirm.seeds  # phase 1 ran that seed already
-        return [Path(c["dir"]) for c in confirm.get("candidates", []) if reused] + [sweep_dir / "trials" / "confirm"]
+        return [Path(c["dir"]) for c in confirm.get("candidates", []) if reused and c.get("dir")] + [
+            sweep_dir / "trials" / "confirm"]
     return [sweep_dir / "trials" / "search"]
 
 
@@ -491,7 +591,10 @@ def summary_table(sweep_dir: Path, spec: Spec, state: dict[str, Any]) -> str:
         summarize_dirs = None
     if summarize_dirs is not None and dirs:
         try:
-            return f"\n{title}:\n" + summarize_dirs([str(d) for d in dirs], by=None, fmt="table")
+            from analysis.sweep import sweep_summary
+
+            return (f"\n{title}:\n" + summarize_dirs([str(d) for d in dirs], by=None, fmt="table", quiet=True)
+                    + "".join(f"\n{line}" for line in sweep_summary(sweep_dir)) + "\n")
         except Exception as e:  # the fallback below still gives the user their numbers
             print(f"note: analysis.summarize_dirs failed ({type(e).__name__}: {e}); plain table", file=sys.stderr)
     from sweeps.table import plain_table

@@ -92,9 +92,10 @@ class ConciseProgress(Callback):
         if self.enabled:
             print(f"[{self.phase}] {time.strftime('%H:%M:%S')} {text}", flush=True)
 
-    def _counts(self, trials: list[Any]) -> str:
-        status = [t.status for t in trials]
-        stopped = sum(t.status == "TERMINATED" and is_partial(t.last_result) for t in trials)
+    def _counts(self, trials: list[Any], ending: Any = None, as_status: str = "TERMINATED") -> str:
+        """Trials by state; ``ending`` is the trial whose end is being reported (Tune updates its status after)."""
+        status = [as_status if t is ending else t.status for t in trials]
+        stopped = sum(s == "TERMINATED" and is_partial(t.last_result) for s, t in zip(status, trials, strict=True))
         return (
             f"{status.count('RUNNING')} running, {status.count('PENDING') + status.count('PAUSED')} pending, "
             f"{status.count('TERMINATED') - stopped} finished, {stopped} stopped early, {status.count('ERROR')} errored"
@@ -140,11 +141,13 @@ class ConciseProgress(Callback):
         self._print(
             f"{trial.trial_id} {word}  ACC {100 * r.get('avg_acc', float('nan')):.1f}% "
             f"FM {100 * r.get('forgetting', float('nan')):.1f}% {self.metric} {r.get(self.metric, float('nan')):.4f} "
-            f"({r.get('tasks_completed', '?')}/{r.get('num_tasks', '?')} tasks) | {self._counts(trials)} | {self._best_text()}"
+            f"({r.get('tasks_completed', '?')}/{r.get('num_tasks', '?')} tasks) | {self._counts(trials, trial)} | "
+            f"{self._best_text()}"
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._print(f"{trial.trial_id} ERROR  {error_reason(trial, self._dir(trial))} | {self._counts(trials)}")
+        self._print(f"{trial.trial_id} ERROR  {error_reason(trial, self._dir(trial))} | "
+                    f"{self._counts(trials, trial, 'ERROR')}")
         if self.enabled and getattr(trial, "path", None):  # the copy in the sweep dir outlives Ray's temp dir
             print(f"    traceback: {Path(trial.path) / 'error.txt'}", flush=True)
 

@@ -151,13 +151,26 @@ def test_quickstart_end_to_end(tmp_path):
     state = json.loads((sweep / "sweep.json").read_text())
     assert state["phases"]["search"]["done"] and state["phases"]["confirm"]["done"]
     cands = state["phases"]["confirm"]["candidates"]
-    assert len(cands) == 2
+    # the top 2, and the base config (the preset plus the spec's set) if it is not one of them
+    assert len(cands) in (2, 3) and sum(bool(c.get("base")) for c in cands) == 1
+    assert [c for c in cands if c.get("base")][0]["config_id"] == state["base"]["config_id"]
     search, confirm = _results(sweep, "search"), _results(sweep, "confirm")
     assert 2 <= len(search) <= 6
-    assert len(confirm) == 4  # top 2 x seeds 1, 2 (seed 0 is the search trial itself)
+    # every confirm seed; seed 0 is the search trial itself where that finished
+    expected_seeds = sorted(s for c in cands for s in ([1, 2] if c["dir"] else [0, 1, 2]))
+    assert sorted(r["seed"] for r in confirm.values()) == expected_seeds
     ids = {c["config_id"] for c in cands}
     assert {r["config_id"] for r in confirm.values()} == ids
-    assert sorted(r["seed"] for r in confirm.values()) == [1, 1, 2, 2]
+    # the search's first trial is the base config; a trial without a result was stopped by ASHA, and says so
+    assert "[search] trial 1 is the base config (lr=0.002, head_lr=0.002, lambda_kd=0.5)" in out
+    params = [json.loads((d / "params.json").read_text())["params"] for d in (sweep / "trials" / "search").iterdir()]
+    assert params.count(state["base"]["point"]) == 1
+    assert re.search(r"\[search\] \S+ \S+ start  \(base config\) lr=0.002, head_lr=0.002, lambda_kd=0.5", out)
+    for d in (sweep / "trials" / "search").iterdir():
+        assert (d / "result.json").exists() or json.loads((d / "stopped.json").read_text())["by"] == "asha", d
+    assert "best vs base config over 3 vs 3 seed(s)" in out and "verdict: " in out
+    report = (sweep / "report.html").read_text()
+    assert f"report: {sweep / 'report.html'}" in out and report.count("<img") >= 2 * len(cands) + 2
     for r in confirm.values():
         assert r["schema"] == 1 and len(r["acc_matrix"]) == 5 and 0 <= r["metrics"]["avg_acc"] <= 1
 
