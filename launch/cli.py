@@ -132,11 +132,15 @@ def _run_slurm(args: argparse.Namespace) -> int:
                                 ("time_min", args.time)) if v is not None}
     SlurmResources(nodes=args.nodes, tasks_per_node=args.tasks_per_node, mem_gb=args.mem_gb, **given)
     check_output_dir(args.storage, "--storage")
+    # GPUs asked for the site's own way (--sbatch gres=gpu:a100:4) are left to SLURM as they are
+    own_gpus = args.gpus_per_node is None and any(
+        k.replace("_", "-") in ("gres", "gpus", "gpus-per-node", "gpus-per-task") for k, _ in args.sbatch)
     request = size_request(
         read_partition(args.partition), nodes=args.nodes, tasks_per_node=args.tasks_per_node,
-        cpus_per_task=args.cpus_per_task, gpus_per_node=args.gpus_per_node, time_min=args.time,
+        cpus_per_task=args.cpus_per_task, gpus_per_node=0 if own_gpus else args.gpus_per_node, time_min=args.time,
         mem_gb=args.mem_gb, constraint=args.constraint,
-        trial_cpus=loaded.resources.cpus if loaded else None, trial_gpus=loaded.resources.gpus if loaded else 0.0,
+        trial_cpus=loaded.resources.cpus if loaded else None,
+        trial_gpus=loaded.resources.gpus if loaded and not own_gpus else 0.0,
         max_concurrent=loaded.max_concurrent if loaded else 1,
     )
     resources = SlurmResources(

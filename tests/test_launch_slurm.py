@@ -181,6 +181,11 @@ def test_a_job_no_node_can_run_is_never_queued_and_the_default_fits(tmp_path):
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), r.stdout + r.stderr
         assert all(w in lines[0] for w in words), lines[0]
         assert not (tmp_path / "s").exists() and _squeue_ids() == before
+    # GPUs asked for the site's way are left to SLURM (which has none here, and says so)
+    r = run_pah("launch", "slurm", "quickstart", "--set", "resources.gpus=0.5", "--sbatch", "gres=gpu:1",
+                "--storage", str(tmp_path / "s"))
+    assert r.returncode == 2 and r.stderr.startswith("error: sbatch refused") and "gres" in r.stderr, r.stderr
+    assert not (tmp_path / "s").exists() and _squeue_ids() == before
 
     # more concurrent trials than the node has CPUs: the request is capped at the node (held: it never runs)
     r = run_pah("launch", "slurm", "quickstart", "--partition", "debug", "--nodes", "1", "--set", f"max_concurrent={2 * cpus}",
