@@ -49,7 +49,7 @@ def plain_table(dirs: Iterable[Path], *, params_of: dict[str, dict[str, Any]] | 
         rows.append((
             statistics.fmean(acc),
             [rs[0]["method"], rs[0]["dataset"], cid, str(len(rs)), _mean_std(acc), _mean_std(fm),
-             ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())],
+             ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())],
         ))
     rows.sort(key=lambda r: r[0], reverse=True)
     header = ["method", "dataset", "config_id", "seeds", "ACC %", "forgetting %", "params"]
