@@ -480,16 +480,17 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
 
 def _base_line(spec: Spec, base: dict[str, Any] | None) -> str:
     """What the search does with the base config, in one line."""
+    confirm = "; the confirm phase runs the base config itself" if spec.confirm.top_k else ""
     if not base or not spec.space:
-        return "[search] the base config is compared in the confirm phase"
+        return "[search] the base config is not one of the search's trials" + confirm
     shown = ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in base["values"].items())
     if spec.searcher == "grid":
-        return f"[search] base config ({shown}): not a grid point unless listed; the confirm phase runs it"
+        return f"[search] base config ({shown}): a grid searches its own points only" + confirm
     if not base["outside"]:
         return f"[search] trial 1 is the base config ({shown})"
     out = ", ".join(f"{k}={_fmt(base['values'][k])}" for k in base["outside"])
     return (f"[search] base config ({shown}): {out} lies outside the space, so trial 1 takes the base's values for the "
-            f"other keys only{'; the confirm phase runs the base config itself' if spec.confirm.top_k else ''}")
+            f"other keys only{confirm}")
 
 
 def _fmt(v: Any) -> str:

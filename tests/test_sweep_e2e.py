@@ -298,8 +298,11 @@ def test_killed_driver_then_resume_finishes_without_retraining(tmp_path):
             continue
         starts = [ln for ln in _log_lines(d) if " start " in ln]
         assert len(starts) >= 2 and int(starts[-1].split("tasks_done=")[1].split()[0]) >= 1, _log_lines(d)
+    # the top config and the base config (the search's first trial) if that is another, on seed 1 (seed 0 is reused)
     confirm = _results(sweep, "confirm")
-    assert len(confirm) == 1 and next(iter(confirm.values()))["seed"] == 1
+    cands = json.loads((sweep / "sweep.json").read_text())["phases"]["confirm"]["candidates"]
+    assert sorted(r["seed"] for r in confirm.values()) == sorted(s for c in cands for s in ([1] if c["dir"] else [0, 1]))
+    assert len(cands) in (1, 2) and [c for c in cands if c.get("base")]
     state = json.loads((sweep / "sweep.json").read_text())
     assert state["phases"]["search"]["done"] and state["phases"]["confirm"]["done"]
     assert "seed-averaged" in out
