@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from analysis.compare import NAMES, BaseComparison
 from analysis.load import METRICS, Results, load_results
@@ -29,6 +29,9 @@ from analysis.states import TrialState, TrialStatus
 from analysis.stats import Summary, aggregate
 from analysis.sweep import SweepInfo, find_sweeps, sweep_trials
 from pah.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["write_html", "render_html"]
 
@@ -131,7 +134,7 @@ def _comparison(c: BaseComparison, describe: dict[str, str]) -> str:
     return "\n".join(out)
 
 
-def _trials(statuses: Sequence[TrialStatus], frame) -> str:
+def _trials(statuses: Sequence[TrialStatus], frame: pd.DataFrame) -> str:
     counts = Counter(s.state for s in statuses)
     head = ", ".join(f"{counts[st]} {st.value}" for st in TrialState if counts[st])
     done = {str(Path(r["path"]).parent.resolve()): r for _, r in frame.iterrows()}
@@ -208,7 +211,8 @@ def render_html(
     from analysis.plots import figures, optuna_importances, png_bytes
 
     sweeps = find_sweeps(paths)
-    title = title or (f"Sweep {sweeps[0].name}" if len(sweeps) == 1 else "Results: " + ", ".join(str(p) for p in paths))
+    title = title or (f"Sweep {sweeps[0].name}" if len(sweeps) == 1 else
+                      "Results" + (": " + ", ".join(str(p) for p in paths) if paths else ""))
     comparisons = [(sw, sw.comparison(results.frame)) for sw in sweeps]
     best = base = None
     glance = []

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -30,7 +30,6 @@ __all__ = [
     "trial_status",
     "find_trial_dirs",
     "describe",
-    "state_counts",
     "STOPPED",
     "ERROR",
     "RESULT",
@@ -146,20 +145,13 @@ def find_trial_dirs(path: str | Path) -> list[Path]:
     return sorted(found)
 
 
-def state_counts(statuses: Iterable[TrialStatus]) -> dict[TrialState, int]:
-    c = Counter(s.state for s in statuses)
-    return {st: c.get(st, 0) for st in TrialState}
+def describe(statuses: Sequence[TrialStatus], *, limit: int = 5) -> list[str]:
+    """Plain lines about the trials that did not finish.
 
-
-def describe(statuses: Sequence[TrialStatus], *, finished: int | None = None, limit: int = 5) -> list[str]:
-    """Plain lines about the trials that did not finish (and how many did, if ``finished`` is given).
-
-    ``3 stopped early by the scheduler (by asha after task 2/5: 2, after task 4/5: 1)``,
+    ``3 stopped early on purpose by the scheduler (asha): after task 2/5 x2, after task 4/5 x1``,
     one line per errored trial with its error, one for the unfinished ones.
     """
     lines = []
-    if finished is not None:
-        lines.append(f"{finished} finished (the whole task sequence)")
     stopped = [s for s in statuses if s.state is TrialState.STOPPED]
     if stopped:
         by = ", ".join(sorted({s.scheduler for s in stopped}))
