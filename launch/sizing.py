@@ -264,8 +264,10 @@ def size_request(
 REASONS: dict[str, str] = {
     "PartitionConfig": "it will never start: it asks for more than the partition's nodes or limits allow "
                        "(CPUs, memory, GPUs or nodes); cancel it and submit a smaller request",
-    "PartitionNodeLimit": "it will never start: it asks for more nodes than the partition allows; cancel it and submit with fewer --nodes",
-    "PartitionTimeLimit": "it will never start: its time limit is above the partition's; cancel it and submit with a shorter --time",
+    "PartitionNodeLimit": "it will never start: it asks for more nodes than the partition allows; "
+                          "cancel it and submit with fewer --nodes",
+    "PartitionTimeLimit": "it will never start: its time limit is above the partition's; "
+                          "cancel it and submit with a shorter --time",
     "BadConstraints": "it will never start: no node has the features (--constraint) or resources it asks for",
     "DependencyNeverSatisfied": "it will never start: a job it depends on did not succeed",
     "InvalidAccount": "it will never start: the account is not valid for this user or partition",
@@ -282,7 +284,8 @@ REASONS: dict[str, str] = {
     "PartitionInactive": "its partition is inactive",
     "Reservation": "waiting for its reservation",
     "Licenses": "waiting for licenses",
-    "launch failed requeued held": "its start failed and SLURM held it; see the log, then scontrol release JOB",
+    "launch failed requeued held": "its start failed and SLURM held it; see the log, "
+                                   "then scontrol release JOB",
 }
 
 

@@ -72,11 +72,12 @@ class SlurmResources:
 
     def __post_init__(self) -> None:
         for name in ("nodes", "tasks_per_node", "cpus_per_task", "time_min", "gpus_per_node"):
-            lo, hi = LIMITS[name]
-            if not lo <= getattr(self, name) <= hi:
-                opt = "--time" if name == "time_min" else f"--{name.replace('_', '-')}"
-                raise UserError(f"{opt} must be {'at least ' + str(lo) if getattr(self, name) < lo else 'at most ' + str(hi)}"
-                                f", got {getattr(self, name)}")
+            (lo, hi), value = LIMITS[name], getattr(self, name)
+            opt = "--time" if name == "time_min" else f"--{name.replace('_', '-')}"
+            if value < lo:
+                raise UserError(f"{opt} must be at least {lo}, got {value}")
+            if value > hi:
+                raise UserError(f"{opt} must be at most {hi}, got {value}")
         if self.mem_gb is not None and not 0 < self.mem_gb <= 1_000_000:
             raise UserError(f"--mem-gb must be a positive number of GB (at most 1000000), got {self.mem_gb}")
 
