@@ -40,7 +40,7 @@ step "4. packing: K concurrent small trials on one GPU (split-fashion-mnist-pah,
 for k in 1 2 4 8; do
   t0=$(date +%s.%N)
   for i in $(seq 1 "$k"); do
-    $PAH train split-fashion-mnist-pah --device cuda --no-progress --set seed=$((100 + i)) --out "$OUT/pack/k$k-$i" >/dev/null 2>&1 &
+    $PAH train split-fashion-mnist-pah --device cuda --no-progress --set model.backbone=small-cnn --set seed=$((100 + i)) --out "$OUT/pack/k$k-$i" >/dev/null 2>&1 &
   done
   wait
   t1=$(date +%s.%N)

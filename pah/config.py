@@ -64,7 +64,9 @@ class DataConfig:
     #: synthetic only: overrides of the copied shape
     image_size: int | None = None
     channels: int | None = None
+    #: at most this many training images per class (a seeded subset: fast screening); synthetic: exactly this many
     train_per_class: int | None = None
+    #: synthetic only: test images per class
     test_per_class: int | None = None
 
     def __post_init__(self) -> None:
@@ -99,6 +101,15 @@ class TrainConfig:
     compile: bool = False
     #: steps between checks for a non-finite loss (the only host syncs of the hot loop)
     check_every: int = 100
+    #: BatchNorm statistics. "freeze": batch statistics while learning the first task, then
+    #: the running statistics are frozen, so from the second task on the model trains,
+    #: distils and is tested as one and the same function. "adapt": batch statistics in
+    #: every task, running statistics follow the latest task (see docs/method.md)
+    batchnorm: Literal["freeze", "adapt", "task"] = "task"
+    #: linear learning-rate warm-up over the first steps of every task (at most a fifth of its
+    #: steps): Adam's second-moment estimate still holds the last task's small gradients when
+    #: a new task's large ones arrive, and its first steps would be several times the learning rate
+    warmup_steps: int = 50
 
     def __post_init__(self) -> None:
         _check(self.epochs_per_task >= 1, "train.epochs_per_task", self.epochs_per_task, ">= 1")
@@ -108,6 +119,7 @@ class TrainConfig:
         _check(self.head_lr > 0, "train.head_lr", self.head_lr, "> 0")
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
         _check(self.check_every >= 1, "train.check_every", self.check_every, ">= 1")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, ">= 0")
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,8 @@ def build_model(cfg: Config, shape, dev: torch.device) -> Method:
 
 def build_optimizer(method: Method, cfg: Config) -> torch.optim.Optimizer:
     groups = method.param_groups(cfg.train)
+    for g in groups:  # the configured rate, which warm-up scales (and a checkpoint keeps)
+        g["initial_lr"] = g["lr"]
     if cfg.train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum)
     on_cuda = next(method.parameters()).is_cuda
@@ -118,18 +120,22 @@ def train_step(method: Method, optimizer: torch.optim.Optimizer, batch: Batch, a
 
 
 @torch.no_grad()
-def evaluate(method: Method, tasks: list[TaskData], split: str, norm, batch_size: int, autocast) -> list[float]:
-    """Accuracy on each given task with its own head (task-incremental); one host sync in all."""
+def evaluate(
+    method: Method, tasks: list[TaskData], split: str, norm, batch_size: int, autocast, task_bn_stats: bool = False
+) -> list[float]:
+    """Accuracy on each given task with its own head (task-incremental); one host sync in all.
+    BatchNorm uses running statistics: each task's own recorded ones with ``task_bn_stats``."""
     was_training = method.training
     method.eval()
     correct, totals = [], []
     for d in tasks:
         x_all, y_all = getattr(d, f"x_{split}"), getattr(d, f"y_{split}")
         c = torch.zeros((), dtype=torch.long, device=y_all.device)
-        for i in range(0, len(y_all), batch_size):
-            with autocast():
-                logits = method.logits(to_float(x_all[i : i + batch_size], *norm), d.task)
-            c += (logits.argmax(1) == y_all[i : i + batch_size]).sum()
+        with method.bn_stats_of(d.task) if task_bn_stats else contextlib.nullcontext():
+            for i in range(0, len(y_all), batch_size):
+                with autocast():
+                    logits = method.logits(to_float(x_all[i : i + batch_size], *norm), d.task)
+                c += (logits.argmax(1) == y_all[i : i + batch_size]).sum()
         correct.append(c)
         totals.append(max(len(y_all), 1))
     method.train(was_training)
@@ -198,6 +204,7 @@ def run_trial(
         # ---- begin task: per-task RNG, method hook (teacher snapshot, prototype init)
         torch.manual_seed(_task_seed(cfg.seed, t))
         gen = torch.Generator(device=dev).manual_seed(_task_seed(cfg.seed, t))
+        method.bn_frozen = cfg.train.batchnorm == "freeze" and t > 0
         method.train()
         with autocast():
             method.begin_task(t, tasks[t], norm)
@@ -206,6 +213,7 @@ def run_trial(
         bs = min(cfg.train.batch_size, n)
         steps = n // bs  # full batches only: one shape for every step (cudnn, compile)
         total = steps * cfg.train.epochs_per_task
+        warmup = min(cfg.train.warmup_steps, total // 5)  # never more than a fifth of a short task
         first_bad = torch.full((), -1, dtype=torch.long, device=dev)
         counter = torch.zeros((), dtype=torch.long, device=dev)
         bar = _progress(progress, total, f"task {t + 1}/{T}")
@@ -217,6 +225,7 @@ def run_trial(
         for epoch in range(cfg.train.epochs_per_task):
             perm = torch.randperm(n, device=dev, generator=gen)
             for step in range(steps):
+                _set_lr(optimizer, warmup_factor(epoch * steps + step, warmup))
                 batch = make_batch(x_all, y_all, ids_all, perm[step * bs : (step + 1) * bs], t, gen, norm, shape.augment)
                 loss = train_step(method, optimizer, batch, autocast)
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), counter, first_bad)
@@ -237,8 +246,11 @@ def run_trial(
 
         # ---- end task, evaluate every seen task, checkpoint, report
         method.end_task(t, tasks[t], norm)
-        acc_rows.append(evaluate(method, tasks[: t + 1], "test", norm, cfg.train.eval_batch_size, autocast))
-        val_rows.append(evaluate(method, tasks[: t + 1], "val", norm, cfg.train.eval_batch_size, autocast))
+        per_task = cfg.train.batchnorm == "task"
+        if per_task:
+            method.keep_bn_stats(t)
+        acc_rows.append(evaluate(method, tasks[: t + 1], "test", norm, cfg.train.eval_batch_size, autocast, per_task))
+        val_rows.append(evaluate(method, tasks[: t + 1], "val", norm, cfg.train.eval_batch_size, autocast, per_task))
         atomic_torch_save(
             ckpt_path,
             {
@@ -286,6 +298,16 @@ def run_trial(
     }
     atomic_write_json(out / RESULT, result)
     return result
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Linear learning-rate warm-up over the first ``warmup_steps`` steps of a task."""
+    return 1.0 if step >= warmup_steps else (step + 1) / warmup_steps
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
 
 
 def _check_finite(first_bad: torch.Tensor, t: int, T: int, steps: int) -> None:

@@ -101,3 +101,10 @@ def test_finished_trial_is_not_trained_again(tmp_path):
     assert again.returncode == 0 and (out / "result.json").stat().st_mtime_ns == mtime
     other = run_pah("train", "split-digits-finetune", "--set", "seed=5", "--out", str(out))
     assert other.returncode == 2 and "holds the result of another config" in other.stderr
+
+
+def test_learning_rate_warms_up_at_the_start_of_every_task():
+    from pah.trial import warmup_factor
+
+    assert [warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0

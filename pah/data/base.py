@@ -121,9 +121,15 @@ class TaskData:
 
 
 def _split_task(
-    x: np.ndarray, y: np.ndarray, classes: np.ndarray, val_fraction: float, rng: np.random.Generator
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: np.ndarray,
+    val_fraction: float,
+    rng: np.random.Generator,
+    train_per_class: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Indices (train, val, proto) for one task: a per-class seeded split."""
+    """Indices (train, val, proto) for one task: a per-class seeded split; at most
+    ``train_per_class`` training images per class (a seeded subset, for fast screening)."""
     train, val, proto = [], [], []
     for c in classes:
         idx = rng.permutation(np.flatnonzero(y == c))
@@ -133,7 +139,7 @@ def _split_task(
         rest = idx[1:]
         n_val = int(round(len(rest) * val_fraction))
         val.append(rest[:n_val])
-        train.append(rest[n_val:])
+        train.append(rest[n_val:][:train_per_class])
     return np.concatenate(train), np.concatenate(val), np.asarray(proto)
 
 
@@ -153,7 +159,7 @@ def build_tasks(arrays: Arrays, shape: Shape, cfg: DataConfig, seed: int, device
         classes = order[t * shape.classes_per_task : (t + 1) * shape.classes_per_task]
         remap = np.full(int(max(all_classes.max(), arrays.y_test.max())) + 1, -1, dtype=np.int64)
         remap[classes] = np.arange(len(classes))
-        tr, va, pr = _split_task(arrays.x_train, arrays.y_train, classes, cfg.val_fraction, rng)
+        tr, va, pr = _split_task(arrays.x_train, arrays.y_train, classes, cfg.val_fraction, rng, cfg.train_per_class)
         te = np.flatnonzero(np.isin(arrays.y_test, classes))
 
         def put(a: np.ndarray) -> torch.Tensor:

@@ -10,6 +10,7 @@ checkpoint, so resuming rebuilds it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from typing import ClassVar
@@ -38,11 +39,10 @@ class Batch:
 
 
 def kl_distill(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """tau^2 * KL(softmax(teacher / tau) || softmax(student / tau)), mean over all leading dims."""
+    """tau^2 * KL(softmax(teacher / tau) || softmax(student / tau)), one value per leading position."""
     s = F.log_softmax(student.float() / temperature, dim=-1)
     t = F.log_softmax(teacher.float() / temperature, dim=-1)
-    kl = (t.exp() * (t - s)).sum(-1)
-    return kl.mean() * temperature**2
+    return (t.exp() * (t - s)).sum(-1) * temperature**2
 
 
 class Method(nn.Module):
@@ -57,6 +57,12 @@ class Method(nn.Module):
         self.backbone = backbone
         self.heads: TaskHeads = self.make_heads(backbone.out_dim)
         self.teacher: Method | None = None
+        #: BatchNorm keeps its running statistics while training (``train.batchnorm: freeze``, tasks 2+)
+        self.bn_frozen = False
+        # each task's BatchNorm statistics as they were when it ended (``train.batchnorm: task``);
+        # a buffer, so checkpoints keep them
+        n = sum(m.running_mean.numel() for m in self._batchnorms())
+        self.register_buffer("task_bn_stats", torch.zeros(shape.num_tasks, 2 * n))
 
     # ------------------------------------------------------------------ structure
     def make_heads(self, dim: int) -> TaskHeads:
@@ -71,6 +77,38 @@ class Method(nn.Module):
             {"params": backbone, "lr": train.lr, "weight_decay": train.weight_decay},
             {"params": rest, "lr": train.head_lr, "weight_decay": train.weight_decay},
         ]
+
+    def train(self, mode: bool = True) -> Method:
+        super().train(mode)
+        if mode and self.bn_frozen:
+            for m in self._batchnorms():
+                m.eval()
+        return self
+
+    # ------------------------------------------------------------------ per-task BatchNorm statistics
+    def _batchnorms(self) -> list[nn.modules.batchnorm._BatchNorm]:
+        return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+    def _bn_stats(self) -> list[torch.Tensor]:
+        return [t for m in self._batchnorms() for t in (m.running_mean, m.running_var)]
+
+    def keep_bn_stats(self, task: int) -> None:
+        """Record the running statistics now in the backbone as ``task``'s."""
+        if self.task_bn_stats.numel():
+            self.task_bn_stats[task].copy_(torch.cat(self._bn_stats()))
+
+    @contextlib.contextmanager
+    def bn_stats_of(self, task: int):
+        """Inside: the backbone normalises with ``task``'s recorded statistics; restored on exit."""
+        live = self._bn_stats()
+        saved = torch.cat(live) if live else None
+        if live:
+            torch._foreach_copy_(live, list(self.task_bn_stats[task].split([t.numel() for t in live])))
+        try:
+            yield
+        finally:
+            if live:
+                torch._foreach_copy_(live, list(saved.split([t.numel() for t in live])))
 
     # ------------------------------------------------------------------ forward
     def logits(self, x: torch.Tensor, task: int) -> torch.Tensor:
@@ -111,7 +149,10 @@ class Method(nn.Module):
         prev, self.teacher = self.teacher, None
         teacher = copy.deepcopy(self)
         self.teacher = prev
-        teacher.eval()
+        # the teacher normalises as the student does while training: with running statistics
+        # when they are frozen, with batch statistics otherwise (so the distilled function and
+        # the student's are the same function of the batch)
+        teacher.train(self.training)
         for p in teacher.parameters():
             p.requires_grad_(False)
         return teacher

@@ -2,12 +2,14 @@
 
 Same hypernetwork, same distillation of old tasks' logits as PAH; the conditioning of
 each task is a learned vector instead of a grid of prototypes, and there are no
-prototype losses. An old task's embedding is frozen once its task is over.
+prototype losses. An old task's embedding keeps learning through the distillation of its
+logits (``old_conditions: learn``), so its head can follow the shared hypernetwork.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -23,10 +25,18 @@ class HyperParams(MethodParams):
     """What every hypernetwork method has: the hypernetwork's size and the logit distillation."""
 
     hyper_hidden: int = 64
-    hyper_layers: int = 1
+    #: hidden layers of the hypernetwork (the reference's "hyper_hidden_layers: 1" is 2 here)
+    hyper_layers: int = 2
+    #: biases in the hypernetwork (off, as in the reference: see Hypernetwork)
+    hyper_bias: bool = False
     #: weight of the old-task logit distillation (the reference's "stability")
     lambda_kd: float = 0.5
     temperature: float = 2.0
+    #: how the KL terms of the old tasks add up: see LwFParams.kd_reduction
+    kd_reduction: Literal["sum", "mean"] = "sum"
+    #: old tasks' conditions (embeddings, prototypes): "learn" through distillation, as the
+    #: reference does, so an old head can follow the shared hypernetwork; or "freeze"
+    old_conditions: Literal["learn", "freeze"] = "learn"
 
 
 @dataclass(frozen=True)
@@ -44,9 +54,10 @@ class HNet(OldLogitDistillation):
 
     def make_heads(self, dim):
         p = self.params
-        return HyperHeads(self.make_conditions(), self.shape.classes_per_task, dim, p.hyper_hidden, p.hyper_layers)
+        return HyperHeads(self.make_conditions(), self.shape.classes_per_task, dim, p.hyper_hidden, p.hyper_layers, p.hyper_bias)
 
     def begin_task(self, task, data, norm):
         for i, c in enumerate(self.heads.conditions):
-            c.requires_grad_(i == task)  # old conditions are frozen; future ones wait for their task
+            # old conditions keep learning through the distillation terms (unless frozen); future ones wait
+            c.requires_grad_(i == task or (i < task and self.params.old_conditions == "learn"))
         super().begin_task(task, data, norm)

@@ -8,6 +8,7 @@ pass per batch, whatever the number of old tasks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,16 +25,20 @@ class LwFParams(MethodParams):
     name: str = "lwf"
     lambda_kd: float = 1.0
     temperature: float = 2.0
+    #: "sum": every old task's KL has weight lambda_kd, however many tasks came before (LwF's
+    #: and the reference's choice); "mean": the old tasks share lambda_kd
+    kd_reduction: Literal["sum", "mean"] = "sum"
 
 
 def cache_teacher(method, task: int, data: TaskData, norm, batch_size: int = 512) -> None:
     """Freeze what the teacher will say for the whole task: its old heads (one hypernetwork call)
-    and, when the inputs are not augmented, its old-task logits on every training image, so the
-    training step needs no teacher pass at all."""
+    and, when the inputs are not augmented and its BatchNorm statistics are frozen (so what it
+    says of an image does not depend on the rest of the batch), its old-task logits on every
+    training image, so the training step needs no teacher pass at all."""
     teacher = method.teacher
     teacher.cached_old_heads = teacher.heads.heads(range(task))
     teacher.cached_logits = None
-    if not method.shape.augment:
+    if not method.shape.augment and not _batch_dependent(teacher):
         W, b = teacher.cached_old_heads
         x = data.x_train
         teacher.cached_logits = torch.cat(
@@ -41,8 +46,19 @@ def cache_teacher(method, task: int, data: TaskData, norm, batch_size: int = 512
         )
 
 
+def _batch_dependent(model: torch.nn.Module) -> bool:
+    """Whether a module's output for one sample depends on the rest of its batch (BatchNorm in training mode)."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+
+
+def reduce_over_old_tasks(kl: torch.Tensor, old_tasks: int, reduction: str) -> torch.Tensor:
+    """Mean of per-position KL values, times the number of old tasks for ``reduction="sum"``."""
+    return kl.mean() * (old_tasks if reduction == "sum" else 1)
+
+
 def old_task_distillation(method, batch: Batch, all_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL between the teacher's and the student's logits on the old tasks' heads.
+    """KL between the teacher's and the student's logits on the old tasks' heads, reduced over
+    old tasks by ``method.params.kd_reduction``.
 
     At most one teacher backbone pass per batch (none when the teacher's logits are cached)."""
     teacher = method.teacher
@@ -52,7 +68,8 @@ def old_task_distillation(method, batch: Batch, all_logits: torch.Tensor, temper
         with torch.no_grad():
             W, b = teacher.cached_old_heads
             old_t = apply_heads(teacher.backbone(batch.x), W, b)
-    return kl_distill(all_logits[:, : batch.task], old_t, temperature)
+    kl = kl_distill(all_logits[:, : batch.task], old_t, temperature)
+    return reduce_over_old_tasks(kl, batch.task, method.params.kd_reduction)
 
 
 class OldLogitDistillation(Method):

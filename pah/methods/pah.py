@@ -9,15 +9,20 @@ backbone and are classified by their own task's head.
 Loss at task t (teacher = frozen model from the end of task t-1):
 
     CE(batch)
-    + lambda_kd       * tau^2 KL(teacher || student) on every old task's logits of the batch
+    + lambda_kd       * sum over old tasks of tau^2 KL(teacher || student) on the batch's logits
     + lambda_proto_ce * CE(current prototypes -> their classes)
-    + lambda_proto_kd * tau^2 KL(teacher || student) on old prototypes' outputs
+    + lambda_proto_kd * sum over old tasks of tau^2 KL(teacher || student) on its prototypes' outputs
 
-Cost per step is flat in t: the batch, the current prototypes and a fixed-size sample
-of old prototypes go through the student backbone as *one* batch; the teacher sees
-the batch once; all heads come from one hypernetwork call. Old prototypes are frozen,
-so the teacher's outputs on them are computed once per task. See docs/method.md for
-where this differs from the reference code.
+The two prototype terms train the prototypes and nothing else: backbone and
+hypernetwork weights are constants in them (as in the reference code, whose step zeroes
+those gradients). Letting them reach the shared weights instead fits the backbone to a
+handful of blurry upsampled grids and costs up to 9 points of forgetting; see
+docs/method.md for the ablation. The prototypes of old tasks keep learning through the
+distillation terms, so their heads follow the shared weights as they change.
+
+Cost per step is flat in t: one student backbone pass on the batch, one on the current
+prototypes plus a fixed-size sample of old ones (a few images), one hypernetwork call
+for all heads, and no teacher pass when the teacher's logits are cached.
 """
 
 from __future__ import annotations
@@ -28,13 +33,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from pah.data import to_float
 from pah.errors import UserError
 from pah.methods.base import METHODS, kl_distill
 from pah.methods.hnet import HNet, HyperParams
-from pah.methods.lwf import old_task_distillation
-from pah.models.heads import apply_heads
+from pah.methods.lwf import reduce_over_old_tasks
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,9 @@ class PAHParams(HyperParams):
     lambda_proto_kd: float = 1.0
     #: old prototypes distilled per step (sampled); 0 means classes_per_task
     proto_replay: int = 0
+    #: what the prototype losses train: "prototypes" only (the reference's behaviour), or
+    #: "all" (also backbone and hypernetwork: an ablation, it forgets; see docs/method.md)
+    proto_grad: Literal["prototypes", "all"] = "prototypes"
 
 
 @METHODS.register("pah")
@@ -80,36 +88,52 @@ class PAH(HNet):
                 self.heads.conditions[task].copy_(F.interpolate(x, size=(s, s), mode="area"))
         super().begin_task(task, data, norm)
         if self.teacher is not None:
-            with torch.no_grad():  # old prototypes and teacher are frozen: their targets are constants
-                old = torch.stack(list(self.heads.conditions[:task])).flatten(0, 1)
+            with torch.no_grad():  # the teacher is frozen: its outputs on its prototypes are constants
+                old = torch.stack(list(self.teacher.heads.conditions[:task])).flatten(0, 1)
                 W, b = self.teacher.cached_old_heads
                 owner = torch.arange(task, device=old.device).repeat_interleave(self.shape.classes_per_task)
-                self.old_proto_inputs = self.proto_images(old)  # frozen: upsampled once per task
-                feats = self.teacher.backbone(self.old_proto_inputs)
+                self.teacher.backbone.eval()  # running statistics, as the student's prototype pass
+                feats = self.teacher.backbone(self.proto_images(old))
+                self.teacher.train(self.training)
                 self.old_proto_targets = torch.einsum("rd,rkd->rk", feats, W[owner]) + b[owner]
+
+    def prototype_logits(self, rows: torch.Tensor, upto: int, dtype: torch.dtype) -> torch.Tensor:
+        """Logits of prototypes ``rows`` (flat indices over tasks 0..upto) under their own task's
+        head, with backbone and hypernetwork weights held constant: gradients reach only the
+        prototypes. BatchNorm uses its running statistics here and never learns from prototypes."""
+        K = self.shape.classes_per_task
+        conds = torch.stack(list(self.heads.conditions[: upto + 1]))  # (upto+1) x K x c x s x s
+        was_training = self.training
+        const = self.params.proto_grad == "prototypes"
+
+        def weights(module: nn.Module) -> dict[str, torch.Tensor]:
+            return {n: w.detach() if const else w for n, w in module.named_parameters()}
+
+        self.backbone.eval()
+        images = self.proto_images(conds.flatten(0, 1)[rows]).to(dtype)
+        feats = functional_call(self.backbone, (weights(self.backbone), dict(self.backbone.named_buffers())), (images,))
+        self.train(was_training)
+        W, b = functional_call(self.heads.hnet, weights(self.heads.hnet), (conds.flatten(1),))
+        owner = rows // K
+        return torch.einsum("rd,rkd->rk", feats, W[owner].to(feats.dtype)) + b[owner].to(feats.dtype)
 
     def loss(self, batch):
         p, t, K = self.params, batch.task, self.shape.classes_per_task
-        B = batch.x.shape[0]
-        current = self.heads.conditions[t]
-        inputs = [batch.x, self.proto_images(current).to(batch.x.dtype)]
-        if t > 0:
-            n_old = p.proto_replay or K
-            pick = torch.randint(0, t * K, (n_old,), device=batch.x.device, generator=batch.generator)
-            inputs.append(self.old_proto_inputs[pick].to(batch.x.dtype))
-        feats = self.backbone(torch.cat(inputs))  # the one student backbone pass
-        W, b = self.heads.heads(range(t + 1))  # the one hypernetwork call
-        all_logits = apply_heads(feats[:B], W, b)
-        ce = F.cross_entropy(self.pick(all_logits, batch.task_ids).float(), batch.y)
-        cur_logits = apply_heads(feats[B : B + K], W[t : t + 1], b[t : t + 1])[:, 0]
-        proto_ce = F.cross_entropy(cur_logits.float(), torch.arange(K, device=cur_logits.device))
-        loss = ce + p.lambda_proto_ce * proto_ce
-        parts = {"ce": ce.detach(), "proto_ce": proto_ce.detach()}
-        if self.teacher is not None:
-            kd = old_task_distillation(self, batch, all_logits, p.temperature)
-            owner = pick // K
-            old_logits = torch.einsum("rd,rkd->rk", feats[B + K :], W[owner].to(feats.dtype)) + b[owner].to(feats.dtype)
-            proto_kd = kl_distill(old_logits, self.old_proto_targets[pick], p.temperature)
-            loss = loss + p.lambda_kd * kd + p.lambda_proto_kd * proto_kd
-            parts.update(kd=kd.detach(), proto_kd=proto_kd.detach())
+        loss, parts = super().loss(batch)  # CE + distillation of the old tasks' logits
+        current = torch.arange(t * K, (t + 1) * K, device=batch.x.device)
+        pick = None
+        if self.teacher is not None and p.lambda_proto_kd:
+            pick = torch.randint(0, t * K, (p.proto_replay or K,), device=batch.x.device, generator=batch.generator)
+        if p.lambda_proto_ce or pick is not None:
+            rows = current if pick is None else torch.cat([current, pick])
+            logits = self.prototype_logits(rows, t, batch.x.dtype)
+            if p.lambda_proto_ce:
+                proto_ce = F.cross_entropy(logits[:K].float(), torch.arange(K, device=logits.device))
+                loss = loss + p.lambda_proto_ce * proto_ce
+                parts["proto_ce"] = proto_ce.detach()
+            if pick is not None:
+                kl = kl_distill(logits[K:], self.old_proto_targets[pick], p.temperature)
+                proto_kd = reduce_over_old_tasks(kl, t, p.kd_reduction)
+                loss = loss + p.lambda_proto_kd * proto_kd
+                parts["proto_kd"] = proto_kd.detach()
         return loss, parts

@@ -1,0 +1,66 @@
+"""The method on real data: PAH must not forget where the reference program does not (issue 9).
+
+Real Split-Fashion-MNIST (Debian's `dataset-fashion-mnist`, which ./setup.sh installs),
+torchvision's ResNet-18 from scratch, the reference's learning rates, 600 training images
+per class (a seeded subset: about 45 s a trial on one core). Before the fix, this setting
+forgot 26% and 7% on seeds 0 and 1 (old tasks fell to chance after a later task); after it,
+under 0.1% on both. Finetuning on the same setting bounds what forgetting looks like.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from pah.config import load_config
+from pah.data import BENCHMARKS
+from pah.errors import UserError
+
+from conftest import run_pah
+
+REFERENCE_SETTING = [
+    "model.backbone=resnet18", "train.epochs_per_task=2", "train.batch_size=64", "train.lr=0.0001",
+    "train.head_lr=0.001", "train.precision=fp32", "data.train_per_class=600",
+]
+
+
+def _fashion_available() -> bool:
+    cfg = load_config("split-fashion-mnist-finetune")
+    try:
+        BENCHMARKS.get("split-fashion-mnist")().load(cfg.data, 0)
+    except UserError:
+        return False
+    return True
+
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not _fashion_available(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"),
+]
+
+
+def _train(tmp_path, preset: str, seed: int, *extra: str) -> dict:
+    out = tmp_path / f"{preset}-s{seed}"
+    sets = [a for kv in [*REFERENCE_SETTING, f"seed={seed}", *extra] for a in ("--set", kv)]
+    r = run_pah("train", preset, "--device", "cpu", "--no-progress", "--out", str(out), *sets,
+                env={"OMP_NUM_THREADS": "1"}, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads((out / "result.json").read_text())
+
+
+def test_pah_does_not_forget_on_real_fashion_mnist_with_a_resnet(tmp_path):
+    jobs = [("split-fashion-mnist-pah", s, "method.lambda_proto_ce=0") for s in (0, 1)]
+    jobs += [("split-fashion-mnist-finetune", s) for s in (0, 1)]
+    with ThreadPoolExecutor(2) as pool:  # one core each
+        pah0, pah1, ft0, ft1 = pool.map(lambda j: _train(tmp_path, *j), jobs)
+    for res in (pah0, pah1):
+        R, m = res["acc_matrix"], res["metrics"]
+        # no old task falls towards chance (0.5) after a later task
+        assert min(x for row in R for x in row if x is not None) > 0.6, R
+        assert m["forgetting"] <= 0.02 and m["avg_acc"] >= 0.93, (m, R)
+    pah_fm = (pah0["metrics"]["forgetting"] + pah1["metrics"]["forgetting"]) / 2
+    ft_fm = (ft0["metrics"]["forgetting"] + ft1["metrics"]["forgetting"]) / 2
+    assert ft_fm > 0.05, "finetune should forget on this setting: the test would not discriminate"
+    assert pah_fm < ft_fm / 5, (pah_fm, ft_fm)
