@@ -29,7 +29,6 @@ if [ "$ABLATIONS" != baselines ]; then
     "pah|prototype losses train everything|method.proto_grad=all"
     "pah|old prototypes frozen|method.old_conditions=freeze"
     "pah|hypernetwork with biases|method.hyper_bias=true"
-    "pah|hypernetwork with 1 hidden layer|method.hyper_layers=1"
     "pah|no learning-rate warm-up|train.warmup_steps=0"
   )
 fi

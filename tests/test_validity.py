@@ -3,8 +3,9 @@
 Real Split-Fashion-MNIST (Debian's `dataset-fashion-mnist`, which ./setup.sh installs),
 torchvision's ResNet-18 from scratch, the reference's learning rates, 600 training images
 per class (a seeded subset: about 45 s a trial on one core). Before the fix, this setting
-forgot 26% and 7% on seeds 0 and 1 (old tasks fell to chance after a later task); after it,
-under 0.1% on both. Finetuning on the same setting bounds what forgetting looks like.
+forgot 26% and 7% on seeds 0 and 1 (ACC 76% and 91%: old tasks fell to chance after a
+later task); after it, under 0.1% on both (ACC 95% and 98%). Finetuning on the same setting
+shows what forgetting looks like there (about 3%).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pah.errors import UserError
 
 from conftest import run_pah
 
+# the reference's setting (the split-fashion-mnist presets), spelled out, on a subset
 REFERENCE_SETTING = [
     "model.backbone=resnet18", "train.epochs_per_task=2", "train.batch_size=64", "train.lr=0.0001",
     "train.head_lr=0.001", "train.precision=fp32", "data.train_per_class=600",
@@ -51,16 +53,16 @@ def _train(tmp_path, preset: str, seed: int, *extra: str) -> dict:
 
 
 def test_pah_does_not_forget_on_real_fashion_mnist_with_a_resnet(tmp_path):
-    jobs = [("split-fashion-mnist-pah", s, "method.lambda_proto_ce=0") for s in (0, 1)]
-    jobs += [("split-fashion-mnist-finetune", s) for s in (0, 1)]
-    with ThreadPoolExecutor(2) as pool:  # one core each
-        pah0, pah1, ft0, ft1 = pool.map(lambda j: _train(tmp_path, *j), jobs)
+    jobs = [("split-fashion-mnist-pah", 0), ("split-fashion-mnist-pah", 1), ("split-fashion-mnist-finetune", 0)]
+    with ThreadPoolExecutor(len(jobs)) as pool:  # one thread each
+        pah0, pah1, ft = pool.map(lambda j: _train(tmp_path, *j), jobs)
     for res in (pah0, pah1):
         R, m = res["acc_matrix"], res["metrics"]
         # no old task falls towards chance (0.5) after a later task
         assert min(x for row in R for x in row if x is not None) > 0.6, R
         assert m["forgetting"] <= 0.02 and m["avg_acc"] >= 0.93, (m, R)
-    pah_fm = (pah0["metrics"]["forgetting"] + pah1["metrics"]["forgetting"]) / 2
-    ft_fm = (ft0["metrics"]["forgetting"] + ft1["metrics"]["forgetting"]) / 2
-    assert ft_fm > 0.05, "finetune should forget on this setting: the test would not discriminate"
-    assert pah_fm < ft_fm / 5, (pah_fm, ft_fm)
+    # finetuning forgets here (about 3%; with the per-task BatchNorm statistics it shares with
+    # PAH, less than with a shared set): PAH's forgetting is a fraction of it on both seeds
+    ft_fm = ft["metrics"]["forgetting"]
+    assert ft_fm > 0.01, "finetune should forget on this setting: the test would not discriminate"
+    assert max(pah0["metrics"]["forgetting"], pah1["metrics"]["forgetting"]) < ft_fm / 5, (pah0["metrics"], pah1["metrics"], ft_fm)
