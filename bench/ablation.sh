@@ -8,6 +8,7 @@
 #   bash bench/ablation.sh [OUT] [SEEDS] [TRAIN_PER_CLASS]
 #   bash bench/ablation.sh runs/ablation "0 1" 1500     # the screen in docs/method.md, ~40 min on 2 cores
 #   JOBS=1 ABLATIONS=baselines bash bench/ablation.sh   # only the shipped PAH and the other methods
+#   TABLE_ONLY=1 bash bench/ablation.sh runs/ablation    # the table of what OUT holds, nothing trained
 # Each trial runs on one core (OMP_NUM_THREADS=1), JOBS (default: the number of cores) at once;
 # finished trials are kept, so a re-run only trains what is missing.
 set -euo pipefail
@@ -51,6 +52,7 @@ run_one() {  # method label overrides seed
 }
 
 for v in "${variants[@]}"; do
+  [ "${TABLE_ONLY:-0}" = 1 ] && break
   IFS='|' read -r method label sets <<<"$v"
   for seed in $SEEDS; do
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
@@ -70,7 +72,7 @@ for res in sorted(pathlib.Path(sys.argv[1]).glob("*-s*/result.json")):
 seeds = sorted({s for r in rows.values() for s in r})
 print("| variant | " + " | ".join(f"seed {s} ACC / FM %" for s in seeds) + " | mean ACC % | mean FM % |")
 print("|---|" + "---:|" * (len(seeds) + 2))
-for label, r in rows.items():
+for label, r in sorted(rows.items(), key=lambda kv: (not kv[0].startswith("shipped"), kv[0].startswith(("hnet", "lwf", "ewc", "finetune")), kv[0])):
     cells = [f"{100 * r[s]['avg_acc']:.2f} / {100 * r[s]['forgetting']:.2f}" if s in r else "—" for s in seeds]
     acc = sum(m["avg_acc"] for m in r.values()) / len(r)
     fm = sum(m["forgetting"] for m in r.values()) / len(r)

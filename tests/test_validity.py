@@ -4,8 +4,8 @@ Real Split-Fashion-MNIST (Debian's `dataset-fashion-mnist`, which ./setup.sh ins
 torchvision's ResNet-18 from scratch, the reference's learning rates, 600 training images
 per class (a seeded subset: about 45 s a trial on one core). Before the fix, this setting
 forgot 26% and 7% on seeds 0 and 1 (ACC 76% and 91%: old tasks fell to chance after a
-later task); after it, under 0.1% on both (ACC 95% and 98%). Finetuning on the same setting
-shows what forgetting looks like there (about 3%).
+later task); after it, under 0.1% on both (ACC 95% and 98%). (Finetuning is no yardstick
+here: with per-task BatchNorm statistics it forgets only 0.4-6% on this short subset.)
 """
 
 from __future__ import annotations
@@ -53,16 +53,11 @@ def _train(tmp_path, preset: str, seed: int, *extra: str) -> dict:
 
 
 def test_pah_does_not_forget_on_real_fashion_mnist_with_a_resnet(tmp_path):
-    jobs = [("split-fashion-mnist-pah", 0), ("split-fashion-mnist-pah", 1), ("split-fashion-mnist-finetune", 0)]
-    with ThreadPoolExecutor(len(jobs)) as pool:  # one thread each
-        pah0, pah1, ft = pool.map(lambda j: _train(tmp_path, *j), jobs)
-    for res in (pah0, pah1):
+    with ThreadPoolExecutor(2) as pool:  # one core each
+        results = list(pool.map(lambda seed: _train(tmp_path, "split-fashion-mnist-pah", seed), (0, 1)))
+    for res in results:
         R, m = res["acc_matrix"], res["metrics"]
-        # no old task falls towards chance (0.5) after a later task
+        # no old task falls towards chance (0.5) after a later task (before the fix: 0.47 and 0.58)
         assert min(x for row in R for x in row if x is not None) > 0.6, R
+        # before the fix: forgetting 26% and 7%, ACC 76% and 91%
         assert m["forgetting"] <= 0.02 and m["avg_acc"] >= 0.93, (m, R)
-    # finetuning forgets here (about 3%; with the per-task BatchNorm statistics it shares with
-    # PAH, less than with a shared set): PAH's forgetting is a fraction of it on both seeds
-    ft_fm = ft["metrics"]["forgetting"]
-    assert ft_fm > 0.01, "finetune should forget on this setting: the test would not discriminate"
-    assert max(pah0["metrics"]["forgetting"], pah1["metrics"]["forgetting"]) < ft_fm / 5, (pah0["metrics"], pah1["metrics"], ft_fm)
