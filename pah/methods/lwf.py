@@ -38,17 +38,12 @@ def cache_teacher(method, task: int, data: TaskData, norm, batch_size: int = 512
     teacher = method.teacher
     teacher.cached_old_heads = teacher.heads.heads(range(task))
     teacher.cached_logits = None
-    if not method.shape.augment and not _batch_dependent(teacher):
+    if not method.shape.augment and not any(m.training for m in teacher._batchnorms()):
         W, b = teacher.cached_old_heads
         x = data.x_train
         teacher.cached_logits = torch.cat(
             [apply_heads(teacher.backbone(to_float(x[i : i + batch_size], *norm)), W, b) for i in range(0, len(x), batch_size)]
         )
-
-
-def _batch_dependent(model: torch.nn.Module) -> bool:
-    """Whether a module's output for one sample depends on the rest of its batch (BatchNorm in training mode)."""
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
 
 
 def reduce_over_old_tasks(kl: torch.Tensor, old_tasks: int, reduction: str) -> torch.Tensor:
