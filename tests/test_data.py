@@ -73,7 +73,8 @@ def test_split_cifar100_reads_python_pickles(tmp_path):
     assert tasks[0].x_test.shape == (20, 3, 32, 32)
 
 
-def test_tiny_imagenet_reads_the_extracted_layout(tmp_path):
+def test_tiny_imagenet_reads_the_extracted_layout(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAH_CACHE_DIR", str(tmp_path / "cache"))
     from PIL import Image
 
     d = tmp_path / "tiny-imagenet-200"
@@ -92,7 +93,7 @@ def test_tiny_imagenet_reads_the_extracted_layout(tmp_path):
     shape, tasks = load("tiny-imagenet", tmp_path, "data.num_tasks=2", "data.classes_per_task=2", "data.val_fraction=0")
     assert [t.classes for t in tasks] == [[0, 1], [2, 3]]
     assert tasks[1].y_test.tolist() == [0, 1] and tasks[1].x_test.shape == (2, 3, 64, 64)
-    assert (d / "pah-cache.npz").exists()  # decoded once, cached
+    assert len(list((tmp_path / "cache").glob("tiny-imagenet-*/complete"))) == 1  # decoded once, cached
     _, again = load("tiny-imagenet", tmp_path, "data.num_tasks=2", "data.classes_per_task=2", "data.val_fraction=0")
     assert torch.equal(again[0].x_train, tasks[0].x_train)
 
@@ -130,3 +131,35 @@ def test_random_crop_flip_keeps_shape_and_is_seeded():
     assert a.shape == x.shape and torch.equal(a, b)
     # a crop of the zero-padded image: every output pixel is 0 or one of the input's pixels
     assert set(a.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
+
+
+def test_decoded_arrays_are_cached_once_and_follow_their_sources(tmp_path, monkeypatch):
+    from pah.data.base import Arrays, decoded
+
+    monkeypatch.setenv("PAH_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "raw.bin"
+    src.write_bytes(b"one")
+    calls = []
+
+    def decode():
+        calls.append(1)
+        v = len(calls)
+        return Arrays(np.full((2, 1, 2, 2), v, np.uint8), np.arange(2), np.zeros((1, 1, 2, 2), np.uint8), np.arange(1))
+
+    first = decoded("toy", [src], decode)
+    again = decoded("toy", [src], decode)
+    assert len(calls) == 1 and isinstance(again.x_train, np.memmap)
+    assert np.array_equal(first.x_train, again.x_train) and np.array_equal(again.y_train, [0, 1])
+    src.write_bytes(b"changed")  # another size: decoded again, a second entry
+    assert int(decoded("toy", [src], decode).x_train[0, 0, 0, 0]) == 2 and len(calls) == 2
+    # a damaged entry is decoded again rather than trusted
+    for e in (tmp_path / "cache").glob("toy-*"):
+        (e / "x_train.npy").write_bytes(b"garbage")
+    assert int(decoded("toy", [src], decode).x_train[0, 0, 0, 0]) == 3
+    # no cache at all, and a cache that cannot be written: decoded every time, no error
+    monkeypatch.setenv("PAH_CACHE_DIR", "off")
+    decoded("toy", [src], decode)
+    (tmp_path / "ro").write_text("a file where the cache dir should be")
+    monkeypatch.setenv("PAH_CACHE_DIR", str(tmp_path / "ro"))
+    decoded("toy", [src], decode)
+    assert len(calls) == 5

@@ -9,7 +9,11 @@ device are done here, once, for all of them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +27,8 @@ from pah.registry import Registry
 if TYPE_CHECKING:
     from pah.config import DataConfig
 
-__all__ = ["Shape", "Arrays", "Benchmark", "TaskData", "BENCHMARKS", "build_tasks", "data_roots", "normalizer"]
+__all__ = ["Shape", "Arrays", "Benchmark", "TaskData", "BENCHMARKS", "build_tasks", "data_roots", "normalizer",
+           "decoded", "cache_root"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,56 @@ def data_roots(cfg: DataConfig, *extra: str | Path) -> list[Path]:
     roots.append(Path("~/.cache/pah/data").expanduser())
     roots.extend(Path(p) for p in extra)
     return roots
+
+
+# --------------------------------------------------------------------------- decoded-array cache
+
+_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def cache_root() -> Path | None:
+    """Where decoded datasets are kept: $PAH_CACHE_DIR (empty or ``off``: no cache), else ~/.cache/pah/decoded."""
+    env = os.environ.get("PAH_CACHE_DIR")
+    if env is not None:
+        return None if env.strip() in ("", "off") else Path(env).expanduser()
+    return Path("~/.cache/pah/decoded").expanduser()
+
+
+def decoded(name: str, sources: Sequence[Path], decode: Callable[[], Arrays]) -> Arrays:
+    """``decode()``'s arrays, decoded once per machine and then memory-mapped from the cache.
+
+    The cache entry is keyed by the sources' paths, sizes and modification times, so a
+    changed file is decoded again. Uncompressed ``.npy`` files: a trial's start reads only
+    the pages it indexes (no gzip, no pickle, no JPEG). A cache that cannot be written
+    (read-only home, disk full) is skipped: the arrays are decoded every time instead.
+    """
+    root = cache_root()
+    if root is None:
+        return decode()
+    h = hashlib.sha256(name.encode())
+    for src in sources:
+        st = src.stat()
+        h.update(f"\0{src.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    entry = root / f"{name}-{h.hexdigest()[:16]}"
+    if (entry / "complete").exists():
+        try:
+            return Arrays(*(np.load(entry / f"{k}.npy", mmap_mode="r") for k in _ARRAYS))
+        except (OSError, ValueError):
+            shutil.rmtree(entry, ignore_errors=True)  # a damaged entry: decode again below
+    arrays = decode()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=root))
+        for k in _ARRAYS:
+            np.save(tmp / f"{k}.npy", np.ascontiguousarray(getattr(arrays, k)))
+        (tmp / "complete").touch()
+        try:
+            tmp.rename(entry)  # atomic: a concurrent trial that got there first wins, ours is dropped
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass
+    return arrays
 
 
 # --------------------------------------------------------------------------- tasks

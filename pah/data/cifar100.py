@@ -6,7 +6,7 @@ import pickle
 
 import numpy as np
 
-from pah.data.base import BENCHMARKS, Arrays, Benchmark, Shape, data_roots
+from pah.data.base import BENCHMARKS, Arrays, Benchmark, Shape, data_roots, decoded
 from pah.errors import UserError
 
 
@@ -42,14 +42,18 @@ class SplitCIFAR100(Benchmark):
             d, looked = self._find(cfg)
         if d is None:
             raise self.missing(looked)
-        out = []
-        for split in ("train", "test"):
-            try:
-                with open(d / split, "rb") as f:
-                    batch = pickle.load(f, encoding="latin1")
-                x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-                y = np.asarray(batch["fine_labels"], dtype=np.int64)
-            except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
-                raise UserError(f"{d / split}: not a CIFAR-100 python pickle ({e})") from None
-            out += [x, y]
-        return Arrays(*out)
+
+        def decode() -> Arrays:
+            out = []
+            for split in ("train", "test"):
+                try:
+                    with open(d / split, "rb") as f:
+                        batch = pickle.load(f, encoding="latin1")
+                    x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                    y = np.asarray(batch["fine_labels"], dtype=np.int64)
+                except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+                    raise UserError(f"{d / split}: not a CIFAR-100 python pickle ({e})") from None
+                out += [x, y]
+            return Arrays(*out)
+
+        return decoded(self.name, [d / "train", d / "test"], decode)

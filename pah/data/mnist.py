@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pah.data.base import BENCHMARKS, Arrays, Benchmark, Shape, data_roots
+from pah.data.base import BENCHMARKS, Arrays, Benchmark, Shape, data_roots, decoded
 from pah.errors import UserError
 
 FILES = {
@@ -68,12 +68,14 @@ class _IdxBenchmark(Benchmark):
             d, looked = self._find(cfg)
         if d is None:
             raise self.missing(looked)
-        arr = {}
-        for key, n in FILES.items():
-            p = d / n if (d / n).exists() else d / (n + ".gz")
-            arr[key] = read_idx(p)
-        x_train, x_test = arr["x_train"][:, None], arr["x_test"][:, None]
-        return Arrays(x_train, arr["y_train"].astype(np.int64), x_test, arr["y_test"].astype(np.int64))
+        paths = {key: d / n if (d / n).exists() else d / (n + ".gz") for key, n in FILES.items()}
+
+        def decode() -> Arrays:
+            arr = {key: read_idx(p) for key, p in paths.items()}
+            x_train, x_test = arr["x_train"][:, None], arr["x_test"][:, None]
+            return Arrays(x_train, arr["y_train"].astype(np.int64), x_test, arr["y_test"].astype(np.int64))
+
+        return decoded(self.name, list(paths.values()), decode)
 
 
 @BENCHMARKS.register("split-mnist")

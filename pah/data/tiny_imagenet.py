@@ -2,14 +2,15 @@
 
 ``wnids.txt``; ``train/<wnid>/images/*.JPEG``; ``val/images/*.JPEG`` with labels in
 ``val/val_annotations.txt`` (the validation set is the test set, as usual). Decoding
-100k JPEGs takes a minute, so the arrays are cached next to the data as ``pah-cache.npz``.
+100k JPEGs takes a minute, so the arrays are decoded once per machine and then read from the
+decoded-array cache (see :func:`pah.data.base.decoded`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pah.data.base import BENCHMARKS, Arrays, Benchmark, Shape, data_roots
+from pah.data.base import BENCHMARKS, Arrays, Benchmark, Shape, data_roots, decoded
 from pah.errors import UserError
 
 
@@ -46,10 +47,14 @@ class TinyImageNet(Benchmark):
                 break
         else:
             raise self.missing(looked)
-        cache = d / "pah-cache.npz"
-        if cache.exists():
-            z = np.load(cache)
-            return Arrays(z["x_train"], z["y_train"], z["x_test"], z["y_test"])
+        ann = d / "val" / "val_annotations.txt"
+        if not ann.exists():
+            raise UserError(f"{ann}: missing (the TinyImageNet validation labels)")
+        # keyed by the index files and the train folder (a class added or removed changes its mtime)
+        return decoded(self.name, [d / "wnids.txt", ann, d / "train"], lambda: self._decode(d, ann))
+
+    @staticmethod
+    def _decode(d, ann) -> Arrays:
         wnids = [w.strip() for w in (d / "wnids.txt").read_text().split() if w.strip()]
         index = {w: i for i, w in enumerate(wnids)}
         train_paths, y_train = [], []
@@ -59,22 +64,12 @@ class TinyImageNet(Benchmark):
                 raise UserError(f"{d / 'train' / w / 'images'}: no JPEG images for class {w}")
             train_paths += files
             y_train += [index[w]] * len(files)
-        ann = d / "val" / "val_annotations.txt"
-        if not ann.exists():
-            raise UserError(f"{ann}: missing (the TinyImageNet validation labels)")
         test_paths, y_test = [], []
         for line in ann.read_text().splitlines():
             parts = line.split("\t")
             if len(parts) >= 2 and parts[1] in index:
                 test_paths.append(d / "val" / "images" / parts[0])
                 y_test.append(index[parts[1]])
-        arrays = Arrays(
+        return Arrays(
             _read_images(train_paths), np.asarray(y_train, np.int64), _read_images(test_paths), np.asarray(y_test, np.int64)
         )
-        try:
-            tmp = d / "pah-cache.tmp.npz"
-            np.savez(tmp, x_train=arrays.x_train, y_train=arrays.y_train, x_test=arrays.x_test, y_test=arrays.y_test)
-            tmp.replace(cache)
-        except OSError:
-            pass  # a read-only dataset folder: decode again next time
-        return arrays
