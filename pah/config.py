@@ -99,6 +99,9 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     #: torch.compile the backbone (CUDA only; ignored on CPU)
     compile: bool = False
+    #: capture each task's training step as one CUDA graph after its warm-up and replay it
+    #: (CUDA only; ignored on CPU; see pah/step.py). Off until measured on a GPU: bench/gpu.sh
+    cuda_graph: bool = False
     #: steps between checks for a non-finite loss (the only host syncs of the hot loop)
     check_every: int = 100
     #: BatchNorm statistics. "freeze": batch statistics while learning the first task, then
@@ -473,12 +476,19 @@ def load_config(source: str | Path | dict[str, Any] = "split-digits-pah", overri
     return config_from_dict(_deep_merge(raw, over))
 
 
+#: keys added after runs existed, with their defaults: left out of ``config_id`` while at the default
+_LATER_KEYS = {("train", "cuda_graph"): False}
+
+
 def config_id(cfg: Config) -> str:
     """Identity of a run without its seed: trials sharing it are seeds of one config."""
     d = cfg.to_dict()
     d.pop("seed")
     d["data"].pop("root")
     d["data"].pop("download")
+    for (section, key), default in _LATER_KEYS.items():  # ids of earlier runs stay valid
+        if d[section].get(key) == default:
+            d[section].pop(key)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

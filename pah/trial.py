@@ -23,13 +23,15 @@ import torch
 
 from pah import metrics
 from pah.config import Config, config_id
-from pah.data import BENCHMARKS, TaskData, build_tasks, normalizer, random_crop_flip, to_float
+from pah.data import BENCHMARKS, TaskData, build_tasks, normalizer, to_float
 from pah.errors import UserError
 from pah.io import atomic_torch_save, atomic_write_json, read_json
-from pah.methods import METHODS, Batch, Method
+from pah.methods import METHODS, Method
 from pah.models import build_backbone
+from pah.step import TaskStep, make_batch, train_step, warmup_factor
 
-__all__ = ["run_trial", "TaskReport", "NonFiniteLoss", "resolve_device", "evaluate", "make_batch", "train_step", "build_model", "CHECKPOINT"]
+__all__ = ["run_trial", "TaskReport", "NonFiniteLoss", "resolve_device", "evaluate", "make_batch", "train_step", "build_model",
+           "warmup_factor", "CHECKPOINT"]
 
 #: where a trial keeps its last task checkpoint, relative to its --out directory
 CHECKPOINT = Path("checkpoint") / "state.pt"
@@ -72,7 +74,9 @@ def _task_seed(seed: int, task: int) -> int:
 def _precision(cfg: Config, device: torch.device):
     use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     if use_bf16:
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+        # autocast's cast cache would hand a captured graph tensors freed when the context exits
+        cache = not (cfg.train.cuda_graph and device.type == "cuda")
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext
 
 
@@ -96,27 +100,8 @@ def build_optimizer(method: Method, cfg: Config) -> torch.optim.Optimizer:
     if cfg.train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum)
     on_cuda = next(method.parameters()).is_cuda
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=on_cuda or None)  # one kernel for all params on GPU
-
-
-def make_batch(x_all, y_all, ids_all, idx, task: int, gen: torch.Generator, norm, augment: bool) -> Batch:
-    """Gather, normalise and augment one batch on the device (no host round trip)."""
-    x = to_float(x_all[idx], *norm)
-    if augment:
-        x = random_crop_flip(x, gen)
-    if x.is_cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return Batch(x, y_all[idx], ids_all[idx], task, gen, None if augment else idx)
-
-
-def train_step(method: Method, optimizer: torch.optim.Optimizer, batch: Batch, autocast) -> torch.Tensor:
-    """Forward, backward, update. Returns the loss as a device tensor (never synced here)."""
-    with autocast():
-        loss, _ = method.loss(batch)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+    # fused: one kernel for all parameters on the GPU; capturable: its step count lives on the device (CUDA graphs)
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=on_cuda or None, capturable=on_cuda and cfg.train.cuda_graph)
 
 
 @torch.no_grad()
@@ -124,21 +109,26 @@ def evaluate(
     method: Method, tasks: list[TaskData], split: str, norm, batch_size: int, autocast, task_bn_stats: bool = False
 ) -> list[float]:
     """Accuracy on each given task with its own head (task-incremental); one host sync in all.
-    BatchNorm uses running statistics: each task's own recorded ones with ``task_bn_stats``."""
-    was_training = method.training
+    BatchNorm uses running statistics: each task's own recorded ones with ``task_bn_stats``.
+    No cuDNN autotuning here: each task's last, partial batch is a new shape, each a new search."""
+    was_training, autotune = method.training, torch.backends.cudnn.benchmark
     method.eval()
+    torch.backends.cudnn.benchmark = False
     correct, totals = [], []
-    for d in tasks:
-        x_all, y_all = getattr(d, f"x_{split}"), getattr(d, f"y_{split}")
-        c = torch.zeros((), dtype=torch.long, device=y_all.device)
-        with method.bn_stats_of(d.task) if task_bn_stats else contextlib.nullcontext():
-            for i in range(0, len(y_all), batch_size):
-                with autocast():
-                    logits = method.logits(to_float(x_all[i : i + batch_size], *norm), d.task)
-                c += (logits.argmax(1) == y_all[i : i + batch_size]).sum()
-        correct.append(c)
-        totals.append(max(len(y_all), 1))
-    method.train(was_training)
+    try:
+        for d in tasks:
+            x_all, y_all = getattr(d, f"x_{split}"), getattr(d, f"y_{split}")
+            c = torch.zeros((), dtype=torch.long, device=y_all.device)
+            with method.bn_stats_of(d.task) if task_bn_stats else contextlib.nullcontext():
+                for i in range(0, len(y_all), batch_size):
+                    with autocast():
+                        logits = method.logits(to_float(x_all[i : i + batch_size], *norm), d.task)
+                    c += (logits.argmax(1) == y_all[i : i + batch_size]).sum()
+            correct.append(c)
+            totals.append(max(len(y_all), 1))
+    finally:
+        method.train(was_training)
+        torch.backends.cudnn.benchmark = autotune
     return [int(c) / n for c, n in zip(torch.stack(correct).tolist(), totals, strict=True)] if correct else []
 
 
@@ -214,8 +204,8 @@ def run_trial(
         steps = n // bs  # full batches only: one shape for every step (cudnn, compile)
         total = steps * cfg.train.epochs_per_task
         warmup = min(cfg.train.warmup_steps, total // 5)  # never more than a fifth of a short task
-        first_bad = torch.full((), -1, dtype=torch.long, device=dev)
-        counter = torch.zeros((), dtype=torch.long, device=dev)
+        runner = TaskStep(method, optimizer, autocast, (x_all, y_all, ids_all), t, gen, norm, shape.augment,
+                          warmup=warmup, graph=cfg.train.cuda_graph, graph_seed=_task_seed(cfg.seed, T + t))
         bar = _progress(progress, total, f"task {t + 1}/{T}")
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -225,18 +215,15 @@ def run_trial(
         for epoch in range(cfg.train.epochs_per_task):
             perm = torch.randperm(n, device=dev, generator=gen)
             for step in range(steps):
-                _set_lr(optimizer, warmup_factor(epoch * steps + step, warmup))
-                batch = make_batch(x_all, y_all, ids_all, perm[step * bs : (step + 1) * bs], t, gen, norm, shape.augment)
-                loss = train_step(method, optimizer, batch, autocast)
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), counter, first_bad)
-                counter += 1
+                loss = runner(perm[step * bs : (step + 1) * bs], epoch * steps + step)
                 done = epoch * steps + step + 1
                 if done % cfg.train.check_every == 0 or done == total:  # the only host sync
-                    _check_finite(first_bad, t, T, steps)
+                    _check_finite(runner.first_bad, t, T, steps)
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
                 if bar is not None:
                     bar.update(1)
+        runner.close()
         if bar is not None:
             bar.close()
         if dev.type == "cuda":
@@ -298,16 +285,6 @@ def run_trial(
     }
     atomic_write_json(out / RESULT, result)
     return result
-
-
-def warmup_factor(step: int, warmup_steps: int) -> float:
-    """Linear learning-rate warm-up over the first ``warmup_steps`` steps of a task."""
-    return 1.0 if step >= warmup_steps else (step + 1) / warmup_steps
-
-
-def _set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * factor
 
 
 def _check_finite(first_bad: torch.Tensor, t: int, T: int, steps: int) -> None:
