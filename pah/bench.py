@@ -38,6 +38,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="any other config override, e.g. train.compile=true or train.precision=fp32")
     p.add_argument("--trial-epochs", type=int, default=1, help="epochs per task of the whole short trial (0: skip it)")
     p.add_argument("--train-per-class", type=int, default=None, help="synthetic training images per class for the trial")
+    p.add_argument("--pack", type=int, default=0, metavar="K",
+                   help="also run K whole short trials (seeds 0..K-1) packed in this process, taking turns step by step "
+                        "(pah.trial.run_packed), and report trials/hour against one trial alone (default: 0, skip)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
 
 
@@ -85,7 +88,8 @@ def _at_task(cfg, shape, tasks, norm, dev, task: int):
     and a closure running one training step of ``pah train`` on it."""
     import torch
 
-    from pah.trial import _precision, build_model, build_optimizer, make_batch, train_step
+    from pah.step import TaskStep
+    from pah.trial import _precision, build_model, build_optimizer
 
     method = build_model(cfg, shape, dev)
     optimizer = build_optimizer(method, cfg)
@@ -99,10 +103,13 @@ def _at_task(cfg, shape, tasks, norm, dev, task: int):
     gen = torch.Generator(device=dev).manual_seed(task)
     x_all, y_all, ids_all = method.train_data(task, tasks)
     idx = torch.randperm(len(y_all), device=dev, generator=gen)[: cfg.train.batch_size]
+    # the step of `pah train` itself, warm-up passed (with train.cuda_graph: captured, then replayed)
+    runner = TaskStep(method, optimizer, autocast, (x_all, y_all, ids_all), task, gen, norm, shape.augment,
+                      graph=cfg.train.cuda_graph, graph_seed=task)
+    count = iter(range(10**9))
 
     def step() -> None:
-        batch = make_batch(x_all, y_all, ids_all, idx, task, gen, norm, shape.augment)
-        train_step(method, optimizer, batch, autocast)
+        runner(idx, next(count))
 
     return step
 
@@ -156,10 +163,16 @@ def bench_steps(cfg, dev, steps: int, warmup: int, rounds: int = 5) -> list[dict
                 "median_step_ms": round(ms, 3),
                 "images_per_second": round(bs / ms * 1e3, 1),
                 "peak_memory_mib": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda" else None,
-                "gflop_per_step": round(_step_flops(fns[t]) / 1e9, 2),
+                "gflop_per_step": round(_step_flops(_at_task(_eager(cfg), shape, tasks, norm, dev, t)) / 1e9, 2),
             }
         )
     return runs
+
+
+def _eager(cfg):
+    import dataclasses
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cuda_graph=False))
 
 
 def _step_flops(step) -> float:
@@ -185,18 +198,20 @@ def run(args: argparse.Namespace) -> int:
     from pah.config import LIMITS
     from pah.errors import UserError
     from pah.io import check_output_file
-    from pah.trial import resolve_device, run_trial
+    from pah.trial import resolve_device, run_packed, run_trial
 
     # ---- every argument checked before anything runs or is written
     limits = {"batch_size": LIMITS["train.batch_size"], "tasks": LIMITS["data.num_tasks"], "steps": (1, 100_000),
               "warmup": (0, 100_000), "trial_epochs": (0, LIMITS["train.epochs_per_task"][1]),
-              "train_per_class": LIMITS["data.train_per_class"]}
+              "train_per_class": LIMITS["data.train_per_class"], "pack": (0, 64)}
     for key, (lo, hi) in limits.items():
         v = getattr(args, key)
         if v is not None and not lo <= v <= hi:
             raise UserError(f"--{key.replace('_', '-')}: {v} is out of range (must be {lo} to {hi})")
     if args.tasks == 1:
         raise UserError("--tasks: needs at least 2 tasks to compare the first and the last")
+    if args.pack and not args.trial_epochs:
+        raise UserError("--pack: needs the whole short trial (--trial-epochs >= 1) to compare with")
     if args.json is not None:
         check_output_file(args.json, "--json")
     dev = resolve_device(args.device)
@@ -215,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
         r["achieved_tflops"] = round(r["gflop_per_step"] / r["median_step_ms"], 3)  # GFLOP/ms = TFLOP/s
         r["fraction_of_peak"] = round(r["achieved_tflops"] / peak, 4) if peak else None
 
-    trial = None
+    trial = pack = None
     if args.trial_epochs:
         tcfg = _config(args, [f"train.epochs_per_task={args.trial_epochs}"]
                        + ([f"data.train_per_class={args.train_per_class}"] if args.train_per_class else []))
@@ -223,18 +238,42 @@ def run(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             res = run_trial(tcfg, tmp, device=dev.type, progress=False)
             trial = {"wall_seconds": round(time.perf_counter() - t0, 2), **res["timing"], "epochs_per_task": args.trial_epochs,
-                     "train_per_class": tcfg.data.train_per_class or 64, "avg_acc": res["metrics"]["avg_acc"]}
+                     "train_per_class": tcfg.data.train_per_class or 64, "avg_acc": res["metrics"]["avg_acc"],
+                     "import_seconds": _import_seconds()}
+        if args.pack:
+            import dataclasses
 
-    _print_table(device_name, runs, trial)
+            with tempfile.TemporaryDirectory() as tmp:
+                cfgs = [dataclasses.replace(tcfg, seed=s) for s in range(args.pack)]
+                t0 = time.perf_counter()
+                results = run_packed(cfgs, [Path(tmp) / f"s{s}" for s in range(args.pack)], device=dev.type)
+                wall = time.perf_counter() - t0
+            failed = [r for r in results if isinstance(r, Exception)]
+            if failed:
+                raise failed[0]
+            alone = 3600 / trial["wall_seconds"]
+            pack = {"trials": args.pack, "wall_seconds": round(wall, 2), "trials_per_hour": round(3600 * args.pack / wall, 1),
+                    "alone_trials_per_hour": round(alone, 1), "speedup": round(3600 * args.pack / wall / alone, 2)}
+
+    _print_table(device_name, runs, trial, pack)
     if args.json:
         from pah.io import atomic_write_json
 
-        atomic_write_json(args.json, {"device": device_name, "torch": torch.__version__, "runs": runs, "trial": trial,
+        atomic_write_json(args.json, {"device": device_name, "torch": torch.__version__, "runs": runs, "trial": trial, "pack": pack,
                                       "last_over_first": round(runs[-1]["median_step_ms"] / runs[0]["median_step_ms"], 3)})
     return 0
 
 
-def _print_table(device: str, runs: list[dict], trial: dict | None) -> None:
+def _import_seconds() -> float:
+    """Wall time of a fresh interpreter importing what a trial needs (a trial process's first fixed cost)."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import pah.trial"], check=True)
+    return round(time.perf_counter() - t0, 2)
+
+
+def _print_table(device: str, runs: list[dict], trial: dict | None, pack: dict | None = None) -> None:
     print(f"device: {device}")
     head = f"{'method':8} {'backbone':16} {'data':20} {'batch':>5} {'task':>4} {'old':>4} {'ms/step':>9} {'img/s':>10} {'GFLOP':>8} {'TFLOP/s':>8} {'peak%':>6} {'MiB':>8}"
     print(head)
@@ -248,3 +287,8 @@ def _print_table(device: str, runs: list[dict], trial: dict | None) -> None:
     if trial:
         print(f"whole trial ({trial['epochs_per_task']} epoch(s)/task, {trial['train_per_class']} images/class): "
               f"{trial['wall_seconds']:.1f} s wall, {trial['train_seconds']:.1f} s training, {trial['images_per_second']:.0f} img/s")
+        print(f"fixed cost: {trial['import_seconds']:.1f} s imports (a fresh process), {trial['setup_seconds']:.1f} s data and model, "
+              f"{trial['eval_seconds']:.1f} s evaluation, {trial['wall_seconds'] - trial['train_seconds']:.1f} s outside training in all")
+    if pack:
+        print(f"packed: {pack['trials']} trials in one process, {pack['wall_seconds']:.1f} s wall: {pack['trials_per_hour']:.0f} trials/hour "
+              f"vs {pack['alone_trials_per_hour']:.0f} one at a time ({pack['speedup']:.2f}x)")

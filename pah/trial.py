@@ -14,7 +14,7 @@ import platform
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from pah.methods import METHODS, Method
 from pah.models import build_backbone
 from pah.step import TaskStep, make_batch, train_step, warmup_factor
 
-__all__ = ["run_trial", "TaskReport", "NonFiniteLoss", "resolve_device", "evaluate", "make_batch", "train_step", "build_model",
+__all__ = ["run_trial", "trial_steps", "run_packed", "TaskReport", "NonFiniteLoss", "resolve_device", "evaluate", "make_batch", "train_step", "build_model",
            "warmup_factor", "CHECKPOINT"]
 
 #: where a trial keeps its last task checkpoint, relative to its --out directory
@@ -157,6 +157,25 @@ def run_trial(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``cfg`` through its whole task sequence in ``out_dir``; resume from its last checkpoint."""
+    steps = trial_steps(cfg, out_dir, device=device, on_task_end=on_task_end, progress=progress)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def trial_steps(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    device: str = "auto",
+    on_task_end: Callable[[TaskReport], None] | None = None,
+    progress: bool = True,
+) -> Generator[None, None, dict[str, Any]]:
+    """:func:`run_trial` as a generator that yields after every training step and returns the
+    result: several trials can take turns in one process (see :func:`run_packed`)."""
+    started = time.perf_counter()
     out = Path(out_dir)
     dev = resolve_device(device)
     cid = config_id(cfg)
@@ -189,6 +208,7 @@ def run_trial(
         optimizer.load_state_dict(state["optimizer"])
         acc_rows, val_rows, timing = state["acc_rows"], state["val_rows"], state["timing"]
     out.mkdir(parents=True, exist_ok=True)
+    setup_seconds = time.perf_counter() - started  # this start's fixed cost: data, model, resume
 
     for t in range(len(acc_rows), T):
         # ---- begin task: per-task RNG, method hook (teacher snapshot, prototype init)
@@ -223,6 +243,7 @@ def run_trial(
                         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
                 if bar is not None:
                     bar.update(1)
+                yield
         runner.close()
         if bar is not None:
             bar.close()
@@ -236,8 +257,10 @@ def run_trial(
         per_task = cfg.train.batchnorm == "task"
         if per_task:
             method.keep_bn_stats(t)
+        t1 = time.perf_counter()
         acc_rows.append(evaluate(method, tasks[: t + 1], "test", norm, cfg.train.eval_batch_size, autocast, per_task))
         val_rows.append(evaluate(method, tasks[: t + 1], "val", norm, cfg.train.eval_batch_size, autocast, per_task))
+        timing["eval_seconds"] = timing.get("eval_seconds", 0.0) + time.perf_counter() - t1
         atomic_torch_save(
             ckpt_path,
             {
@@ -280,11 +303,62 @@ def run_trial(
         "timing": {
             "train_seconds": round(timing["train_seconds"], 3),
             "images_per_second": round(timing["images"] / max(timing["train_seconds"], 1e-9), 1),
+            "eval_seconds": round(timing.get("eval_seconds", 0.0), 3),
+            "setup_seconds": round(setup_seconds, 3),
         },
         "env": _env(dev),
     }
     atomic_write_json(out / RESULT, result)
     return result
+
+
+def run_packed(
+    cfgs: Sequence[Config],
+    out_dirs: Sequence[str | Path],
+    *,
+    device: str = "auto",
+    on_task_end: Callable[[int, TaskReport], None] | None = None,
+) -> list[dict[str, Any] | Exception]:
+    """Train several trials of one architecture in this process, taking turns step by step.
+
+    Each trial keeps everything of its own (data on the device, model, optimizer, generators,
+    checkpoint, ``result.json``) and ends with the same matrices as when run alone: its
+    randomness comes from its own generators and from RNG states seeded at the start of each
+    of its tasks. On CUDA each trial issues its work on a stream of its own, so that one
+    trial's kernels keep the GPU busy while Python prepares another's. A trial that fails ends
+    alone: its exception is returned in its place and the others go on. ``on_task_end(i, report)``
+    is called for trial ``i``'s tasks.
+    """
+    if len(cfgs) != len(out_dirs) or not cfgs:
+        raise ValueError("run_packed: one output directory per config, at least one")
+    archs = {(c.method.name, c.model.backbone, c.data.name) for c in cfgs}
+    if len(archs) > 1:
+        shown = "; ".join(f"{m}/{b}/{d}" for m, b, d in sorted(archs))
+        raise UserError(f"packed trials differ in architecture ({shown}): pack trials of one method, backbone and dataset")
+    outs = [Path(o).absolute() for o in out_dirs]
+    if len(set(outs)) < len(outs):
+        raise UserError("packed trials: two trials share an output directory")
+    dev = resolve_device(device)
+    results: list[dict[str, Any] | Exception | None] = [None] * len(cfgs)
+    live: dict[int, Generator[None, None, dict[str, Any]]] = {}
+    for i, (cfg, out) in enumerate(zip(cfgs, outs, strict=True)):
+        report = None if on_task_end is None else (lambda r, i=i: on_task_end(i, r))
+        live[i] = trial_steps(cfg, out, device=dev.type, on_task_end=report, progress=False)
+    streams = {i: torch.cuda.Stream(dev) for i in live} if dev.type == "cuda" else {}
+    while live:
+        for i in list(live):
+            with torch.cuda.stream(streams[i]) if streams else contextlib.nullcontext():
+                try:
+                    next(live[i])
+                except StopIteration as done:
+                    results[i] = done.value
+                    del live[i]
+                except Exception as e:  # noqa: BLE001 - one trial's failure is its own
+                    results[i] = e
+                    del live[i]
+    if streams:
+        torch.cuda.synchronize(dev)
+    return results  # type: ignore[return-value]
 
 
 def _check_finite(first_bad: torch.Tensor, t: int, T: int, steps: int) -> None:

@@ -108,3 +108,28 @@ def test_learning_rate_warms_up_at_the_start_of_every_task():
 
     assert [warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert warmup_factor(0, 0) == 1.0
+
+
+def test_packed_trials_match_separate_runs(tmp_path):
+    """Trials taking turns step by step in one process end with the matrices each gets alone;
+    a failing member ends alone; members of different architectures are refused."""
+    from pah.config import load_config
+    from pah.errors import UserError
+    from pah.trial import run_packed, run_trial
+
+    over = ["train.epochs_per_task=2", "data.num_tasks=3"]
+    cfgs = [load_config("split-digits-pah", [*over, f"seed={s}"]) for s in (0, 1)]
+    alone = [run_trial(c, tmp_path / f"alone-{i}", device="cpu", progress=False) for i, c in enumerate(cfgs)]
+    bad = load_config("split-digits-pah", [*over, "seed=2", "data.num_tasks=99"])  # more tasks than classes
+    seen = []
+    packed = run_packed([cfgs[0], bad, cfgs[1]], [tmp_path / "p0", tmp_path / "bad", tmp_path / "p1"], device="cpu",
+                        on_task_end=lambda i, r: seen.append((i, r.task)))
+    assert isinstance(packed[1], UserError) and "classes" in str(packed[1])
+    for a, p in zip(alone, [packed[0], packed[2]], strict=True):
+        assert p["acc_matrix"] == a["acc_matrix"] and p["val_matrix"] == a["val_matrix"]
+    assert json.loads((tmp_path / "p1" / "result.json").read_text())["acc_matrix"] == alone[1]["acc_matrix"]
+    assert sorted(seen) == [(0, 0), (0, 1), (0, 2), (2, 0), (2, 1), (2, 2)]
+    assert [t for i, t in seen if i == 0] == [0, 1, 2]
+    other = load_config("split-digits-pah", [*over, "model.backbone=reduced-resnet18"])
+    with pytest.raises(UserError, match="differ in architecture"):
+        run_packed([cfgs[0], other], [tmp_path / "x", tmp_path / "y"], device="cpu")
