@@ -394,6 +394,7 @@ def _config_id_of(spec: Spec, config: dict[str, Any], candidates: list[dict[str,
 def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, progress: bool) -> None:
     from ray import tune
 
+    from sweeps.packing import packer_names, start_packers, stop_packers
     from sweeps.progress import ConciseProgress
     from sweeps.snapshot import SnapshotGuard, fill_missing_checkpoints, repair
     from sweeps.trainable import make_trainable
@@ -401,9 +402,12 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
     base_cfg = spec.trial_config()
     exp_path = sweep_dir / "tune" / phase
     candidates = state["phases"]["confirm"].get("candidates") if phase == "confirm" else None
+    pack = spec.resources.pack
+    packers = packer_names(sweep_dir, phase, math.ceil(spec.max_concurrent / pack)) if pack > 1 else None
     trainable = tune.with_resources(
-        make_trainable(spec.to_dict(), str(sweep_dir), phase, cpus=spec.resources.cpus, candidates=candidates),
-        {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
+        make_trainable(spec.to_dict(), str(sweep_dir), phase, cpus=spec.resources.cpus, candidates=candidates,
+                       packers=packers),
+        {"cpu": spec.resources.cpus, "gpu": 0 if packers else spec.resources.gpus},  # packers hold the GPUs
     )
     if phase == "confirm" and not (candidates and confirm_jobs(spec, state)):
         if not candidates:
@@ -465,7 +469,11 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
             state["phases"]["confirm"]["search_seed"] = base_cfg.seed
     state["phases"][phase]["started"] = True
     _save(sweep_dir, state)
-    grid = tuner.fit()
+    handles = start_packers(packers, capacity=pack, cpus=spec.resources.cpus * pack, gpus=spec.resources.gpus) if packers else []
+    try:
+        grid = tuner.fit()
+    finally:
+        stop_packers(handles)
     if phase == "search" and spec.searcher.startswith("optuna"):
         _export_study(sweep_dir)
     _mark_stopped(sweep_dir, spec, phase, grid)

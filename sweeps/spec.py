@@ -76,6 +76,9 @@ class Scheduler:
 class Resources:
     cpus: float = 1.0
     gpus: float = 0.0
+    #: trials trained together in one process (sweeps/packing.py), taking turns step by step;
+    #: ``gpus`` is then what each pack of trials gets. 1: every trial in its own process
+    pack: int = 1
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,11 @@ def spec_from_dict(raw: dict[str, Any], *, name: str = "sweep", check_configs: b
             raise UserError(f"spec.resources.{k}: {v!r} is out of range (at most {MAX_RESOURCES[k]} per trial)")
         if k == "gpus" and v > 1 and v != int(v):
             raise UserError(f"spec.resources.gpus: {v!r}: a fraction must be below 1, else a whole number")
+    _int(resources.pack, "spec.resources.pack", 1, 64)
+    varied = sorted(k for k in space if k.startswith("model.") or k in ("method.name", "data.name"))
+    if resources.pack > 1 and varied:
+        raise UserError(f"spec.resources.pack: {resources.pack} packs trials of one architecture, but the space varies "
+                        f"{', '.join(varied)}; use pack: 1")
 
     confirm_raw = raw.pop("confirm", None)
     if confirm_raw in (None, False, "none"):

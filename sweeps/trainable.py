@@ -85,8 +85,10 @@ def make_trainable(
     *,
     cpus: float = 1.0,
     candidates: list[dict[str, Any]] | None = None,
+    packers: list[str] | None = None,
 ) -> Callable[[dict], None]:
-    """A function trainable for one phase of the sweep (a closure: Ray pickles it to the workers)."""
+    """A function trainable for one phase of the sweep (a closure: Ray pickles it to the workers).
+    ``packers``: the names of the packer actors that train the trials (``resources.pack`` > 1)."""
 
     def pah_trial(config: dict[str, Any]) -> None:
         import torch
@@ -140,7 +142,12 @@ def make_trainable(
 
         cid = config_id(cfg)
         try:
-            result = run_trial(cfg, out, device="auto", on_task_end=on_task_end, progress=False)
+            if packers:
+                from sweeps.packing import run_in_packer
+
+                result = run_in_packer(packers, tune.get_context().get_trial_id(), cfg, out, on_task_end)
+            else:
+                result = run_trial(cfg, out, device="auto", on_task_end=on_task_end, progress=False)
         except Exception as e:
             atomic_write_json(err_path, {"type": type(e).__name__, "message": str(e), "tasks_done": _tasks_in(out / "checkpoint")})
             _log(out, f"error {type(e).__name__}: {e}")
