@@ -140,7 +140,8 @@ def _run_slurm(args: argparse.Namespace) -> int:
         cpus_per_task=args.cpus_per_task, gpus_per_node=0 if own_gpus else args.gpus_per_node, time_min=args.time,
         mem_gb=args.mem_gb, constraint=args.constraint,
         trial_cpus=loaded.resources.cpus if loaded else None,
-        trial_gpus=loaded.resources.gpus if loaded and not own_gpus else 0.0,
+        # with resources.pack: K, each pack of K trials shares resources.gpus
+        trial_gpus=loaded.resources.gpus / loaded.resources.pack if loaded and not own_gpus else 0.0,
         max_concurrent=loaded.max_concurrent if loaded else 1,
     )
     resources = SlurmResources(
