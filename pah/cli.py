@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a runtime failure: the reason, and the traceback for a bug report
         from pah.trial import NonFiniteLoss
 
+        if type(e).__name__ == "OutOfMemoryError":  # torch's: the reason is the size, not a bug
+            print(f"error: out of memory ({one_line(str(e), 300)}); try a smaller train.batch_size or "
+                  "train.eval_batch_size", file=sys.stderr)
+            return 1
         if not isinstance(e, NonFiniteLoss):
             traceback.print_exc()
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)

@@ -44,3 +44,20 @@ def test_unknown_command_and_option_exit_2():
 def test_list_presets():
     r = run_pah("train", "--list")
     assert r.returncode == 0 and "split-digits-pah" in r.stdout.split() and len(r.stdout.split()) == 36
+
+
+def test_out_of_memory_is_one_error_line_and_exit_1(monkeypatch, capsys):
+    """A GPU running out of memory (torch.OutOfMemoryError, raised here as CUDA would) is a size
+    problem, not a bug: one error line naming what to shrink, no traceback, exit 1."""
+    import torch
+
+    from pah import bench, cli
+
+    def oom(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(bench, "run", oom)
+    assert cli.main(["bench", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory (CUDA out of memory") and "train.batch_size" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
