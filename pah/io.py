@@ -15,25 +15,44 @@ from typing import Any
 from pah.errors import UserError
 
 __all__ = [
+    "WriteError",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_torch_save",
+    "load_checkpoint",
     "read_json",
     "check_output_file",
     "check_output_dir",
 ]
 
 
+class WriteError(OSError):
+    """A file could not be written (disk full, read-only, quota); the previous version is intact."""
+
+
 def _atomic(path: Path, write) -> None:
+    """Write ``path`` through a temp file in its directory, fsync, then rename over it.
+
+    Until the rename, the previous ``path`` is untouched: a full disk, a kill or a signal midway
+    leave it as it was (the temp file is removed when Python still runs). A failed write is
+    a ``WriteError`` naming the file and saying so.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(e.errno, f"cannot write {path}: {e.strerror}") from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise WriteError(e.errno, f"cannot write {path}: {e.strerror}; {kept}") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -48,9 +67,43 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
+    import io
+
     import torch
 
-    _atomic(path, lambda f: torch.save(obj, f))
+    # serialized in memory first: torch's zip writer reports a full disk as a RuntimeError
+    # ("file write failed"), a plain write as the OSError (ENOSPC) it is
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic(path, lambda f: f.write(buf.getbuffer()))
+
+
+def load_checkpoint(path: Path, map_location: Any = None) -> dict[str, Any] | None:
+    """The checkpoint at ``path``; None if there is none, or if it cannot be read.
+
+    An unreadable checkpoint (truncated, corrupted on disk, not a checkpoint) is reported in one
+    warning line and moved aside to ``PATH.corrupt`` (kept for a look, never loaded again): the
+    trial then starts its task sequence again rather than failing on it.
+    """
+    import sys
+
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+        if not isinstance(state, dict) or "acc_rows" not in state:
+            raise ValueError("not a pah checkpoint")
+        return state
+    except Exception as e:  # noqa: BLE001 - whatever the damage, the answer is the same
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}: {reason}); moved to {aside.name}, "
+              "the trial starts again from task 1", file=sys.stderr, flush=True)
+        return None
 
 
 def read_json(path: Path) -> Any:

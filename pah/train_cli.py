@@ -9,8 +9,11 @@ finished task.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["configure", "run"]
@@ -20,6 +23,12 @@ EPILOG = """\
 Bad input (a config file that is not a UTF-8 YAML mapping, an unknown key, a wrong type,
 a value out of range such as train.batch_size above 1048576, an --out that is a file) is
 exit 2 with one error: line, before anything is written.
+
+Exit codes: 0 done; 2 bad input; 1 a runtime failure (the reason on one error: line; a
+file that could not be written, e.g. a full disk, leaves the previous checkpoint intact);
+143 stopped by SIGTERM (e.g. scancel, kill): the checkpoint of the last finished task is
+intact. Run the same command again to resume from it. An unreadable checkpoint is moved
+aside to state.pt.corrupt with a warning, and the trial starts again from task 1.
 
 A batch larger than a task's training set is a warning, not an error: that task takes
 one full-batch step per epoch. Only the data knows the task sizes (its files, the
@@ -52,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    from pah.io import check_output_dir
+    from pah.io import WriteError, check_output_dir
     from pah.trial import resolve_device, run_trial
 
     # ---- every check before anything is written
@@ -61,7 +70,17 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(out, "--out")
     _warn_full_batch(cfg)
     print(f"out: {out}", flush=True)
-    result = run_trial(cfg, out, device=args.device, progress=not args.no_progress and sys.stderr.isatty())
+    try:
+        with _sigterm_raises():
+            result = run_trial(cfg, out, device=args.device, progress=not args.no_progress and sys.stderr.isatty())
+    except WriteError as e:  # a full disk or a read-only file system: no traceback, the way on
+        print(f"error: {e.strerror}; run the same command again to resume once it can be written",
+              file=sys.stderr, flush=True)
+        return 1
+    except Terminated:
+        print(f"error: stopped by SIGTERM; {out / 'checkpoint' / 'state.pt'} holds the last finished task "
+              "(if any): run the same command again to resume", file=sys.stderr, flush=True)
+        return EXIT_SIGTERM
     m = result["metrics"]
     print(
         f"{result['method']} on {result['dataset']} (seed {result['seed']}): "
@@ -70,6 +89,33 @@ def run(args: argparse.Namespace) -> int:
     )
     print(json.dumps({"result": str(out / "result.json")}))
     return 0
+
+
+#: the exit code of `pah train` stopped by SIGTERM (128 + 15, as a shell reports a process it killed)
+EXIT_SIGTERM = 143
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds the trial like Ctrl-C does (not an Exception: nothing catches it by mistake)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` in the main thread while training.
+
+    Every file the trial writes goes through a temp file and a rename (pah/io.py), so unwinding
+    at any point leaves the last checkpoint whole: either the new one (renamed in) or the
+    previous one (the temp file is removed on the way out).
+    """
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _warn_full_batch(cfg) -> None:

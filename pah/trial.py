@@ -25,7 +25,7 @@ from pah import metrics
 from pah.config import Config, config_id
 from pah.data import BENCHMARKS, TaskData, build_tasks, normalizer, to_float
 from pah.errors import UserError
-from pah.io import atomic_torch_save, atomic_write_json, read_json
+from pah.io import atomic_torch_save, atomic_write_json, load_checkpoint, read_json
 from pah.methods import METHODS, Method
 from pah.models import build_backbone
 from pah.step import TaskStep, make_batch, train_step, warmup_factor
@@ -200,8 +200,8 @@ def trial_steps(
     val_rows: list[list[float]] = []
     timing = {"train_seconds": 0.0, "images": 0}
     ckpt_path = out / CHECKPOINT
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+    state = load_checkpoint(ckpt_path, map_location=dev)  # None if absent or unreadable (warned)
+    if state is not None:
         if state["config_id"] != cid or state["seed"] != cfg.seed:
             raise UserError(f"--out {out}: its checkpoint belongs to another config ({state['config_id']}, seed {state['seed']})")
         method.load_state_dict(state["model"])
