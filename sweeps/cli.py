@@ -26,6 +26,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: start a private local Ray)")
     p.add_argument("--resume", metavar="DIR", type=Path, help="continue the sweep in DIR")
     p.add_argument("--quiet", action="store_true", help="no live progress lines")
+    p.add_argument("--progress", choices=("auto", "trials", "summary"), default="auto",
+                   help="live lines: 'trials', one per trial start and end; 'summary', a status line every 30 s "
+                        "(trials ended, running, best so far, rate, ETA) and only notable trials (errors, retries, "
+                        "a new best); 'auto' (default): 'trials' for phases of up to 30 trials, else 'summary'. "
+                        "Set when a phase starts (a resumed phase keeps its own)")
     p.add_argument("--list", action="store_true", help="list the shipped specs and exit")
     p.add_argument("--print-spec", action="store_true", help="print the resolved spec as YAML and exit")
 
@@ -57,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from sweeps.driver import run_sweep
 
     run_sweep(spec, storage=args.storage, name=args.name, address=args.address, resume=args.resume,
-              progress=not args.quiet)
+              progress=False if args.quiet else args.progress)
     return 0
 
 

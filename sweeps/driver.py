@@ -5,7 +5,8 @@ every (re)start. It is idempotent on its sweep directory:
 
     SWEEP/sweep.json              spec, phase flags and experiment paths (atomic writes)
     SWEEP/spec.yaml               the resolved spec, for people
-    SWEEP/optuna.db               the search phase's Optuna study (SQLite), once that phase ends
+    SWEEP/optuna.db               the search phase's Optuna study (SQLite): every trial that ended, as it
+                                  ends (watch it with `optuna-dashboard sqlite:///SWEEP/optuna.db`)
     SWEEP/tune/search/            Ray Tune's experiment dir of phase 1 (Tuner.restore reads it;
                                   .pah-snapshot/ keeps the last complete copy of its state)
     SWEEP/tune/confirm/           ... of phase 2
@@ -62,7 +63,7 @@ def run_sweep(
     name: str | None = None,
     address: str | None = None,
     resume: str | Path | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> Path:
     """Run (or continue) a sweep; returns its directory.
 
@@ -71,7 +72,9 @@ def run_sweep(
     ``SPEC-YYYYmmdd-HHMMSS``); if it already holds a sweep, that sweep is resumed with its
     saved spec. ``resume``: a sweep dir to continue. ``address``: an existing Ray cluster
     (default: $RAY_ADDRESS, as set by Ray Jobs); None starts a private local one, unless
-    this process has initialised Ray already, which is then used as it is.
+    this process has initialised Ray already, which is then used as it is. ``progress``: False
+    for no live lines, else True or a verbosity of :class:`sweeps.progress.ConciseProgress`
+    ("auto", "trials", "summary"; set when a phase starts, kept by a resumed one).
     """
     sweep_dir, spec_obj, state = _open(spec, overrides, storage, name, resume)
     print(f"sweep: {sweep_dir}", flush=True)
@@ -281,7 +284,7 @@ def confirm_jobs(spec: Spec, state: dict[str, Any]) -> list[tuple[int, int]]:
             if not (seed == search_seed and c.get("dir"))]
 
 
-def _searcher(spec: Spec, seed: int, point: dict[str, Any] | None):
+def _searcher(spec: Spec, seed: int, point: dict[str, Any] | None, mirror: Path | None = None):
     """Optuna (TPE, multi-objective) or Tune's BasicVariantGenerator, asking for ``point`` (the base) first."""
     if spec.searcher == "grid":
         return None  # the grid's own points; the base config enters through the confirm phase
@@ -296,8 +299,9 @@ def _searcher(spec: Spec, seed: int, point: dict[str, Any] | None):
     # The study lives in memory and is pickled with Tune's own experiment snapshots, so a
     # restored searcher always agrees with the restored trials. (An RDB storage runs ahead
     # of the snapshot: after a driver crash Tune re-runs a trial that the database already
-    # holds as finished, and Optuna refuses the report.) SWEEP/optuna.db is a copy written
-    # when the search phase ends; see _export_study.
+    # holds as finished, and Optuna refuses the report.) SWEEP/optuna.db is a copy: every trial
+    # that ends is appended to it from a background thread (sweeps.search.StudyMirror), and
+    # _export_study adds any it lacks when the search phase ends.
     multi = spec.searcher == "optuna-multi"
     return SequenceOptunaSearch(
         metric=list(spec.metrics) if multi else spec.metrics[0],
@@ -305,27 +309,34 @@ def _searcher(spec: Spec, seed: int, point: dict[str, Any] | None):
         sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True),
         study_name=spec.name,
         base_point=point,
+        mirror=mirror,
     )  # TuneConfig.max_concurrent_trials wraps it in a ConcurrencyLimiter
 
 
 def _export_study(sweep_dir: Path) -> None:
-    """Copy the search phase's Optuna study from Tune's last searcher snapshot to SWEEP/optuna.db."""
+    """Complete SWEEP/optuna.db from Tune's last searcher snapshot: the trials the live copy lacks."""
     states = sorted((sweep_dir / "tune" / "search").glob("searcher-state-*.pkl"))  # named by session start
     if not states:
         return
     try:
-        import optuna
         from ray.tune.search.optuna import OptunaSearch
+
+        from sweeps.search import SequenceOptunaSearch, mirror_for, tune_ids
 
         searcher = OptunaSearch()
         searcher.restore(str(states[-1]))
         while not hasattr(searcher, "_ot_study") and hasattr(searcher, "searcher"):  # a ConcurrencyLimiter
             searcher = searcher.searcher
         study = searcher._ot_study
-        tmp = sweep_dir / ".optuna.db.tmp"
-        tmp.unlink(missing_ok=True)
-        optuna.copy_study(from_study_name=study.study_name, from_storage=study._storage, to_storage=f"sqlite:///{tmp}")
-        os.replace(tmp, sweep_dir / "optuna.db")
+        if getattr(searcher, "mirror", None):  # restore() fills a plain OptunaSearch with the saved attributes
+            mirror = SequenceOptunaSearch.study_mirror(searcher)
+            mirror.flush()  # the live copy's queue first, then what it lacks (nothing, unless it failed)
+        else:  # a sweep started before the live copy: its optuna.db, if any, was written whole at the end
+            (sweep_dir / "optuna.db").unlink(missing_ok=True)
+            metric = searcher._metric if isinstance(searcher._metric, list) else [searcher._metric]
+            mirror = mirror_for(sweep_dir / "optuna.db", study.study_name,
+                                [d.name.lower() for d in study.directions], [str(m) for m in metric])
+        mirror.sync(study, tune_ids(searcher))
     except Exception as e:  # the sweep's results do not depend on this copy
         print(f"note: could not write {sweep_dir / 'optuna.db'} ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
 
@@ -391,13 +402,15 @@ def _config_id_of(spec: Spec, config: dict[str, Any], candidates: list[dict[str,
     return config_id(spec.trial_config(params_of(config, candidates), config.get("seed")))
 
 
-def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, progress: bool) -> None:
+def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, progress: bool | str) -> None:
     from ray import tune
 
     from sweeps.packing import packer_names, start_packers, stop_packers
     from sweeps.progress import ConciseProgress
-    from sweeps.snapshot import SnapshotGuard, fill_missing_checkpoints, repair
+    from sweeps.snapshot import SnapshotGuard, fill_missing_checkpoints, pace_tune_snapshots, repair
     from sweeps.trainable import make_trainable
+
+    pace_tune_snapshots()  # Tune's snapshots stay a small share of the driver's time at 1,000 trials
 
     base_cfg = spec.trial_config()
     exp_path = sweep_dir / "tune" / phase
@@ -440,12 +453,15 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
         if search and progress:
             print(_base_line(spec, state.get("base")), flush=True)
         callbacks: list[Any] = [
-            ConciseProgress(phase, metric, mode, sweep_dir=str(sweep_dir), enabled=progress, candidates=candidates,
-                            scheduler=spec.scheduler.name, base_point=point),
+            ConciseProgress(phase, metric, mode, sweep_dir=str(sweep_dir), enabled=bool(progress), candidates=candidates,
+                            scheduler=spec.scheduler.name, base_point=point,
+                            total=spec.num_samples if search and spec.searcher != "grid" else
+                            None if search else len(confirm_jobs(spec, state)),
+                            verbosity=progress if isinstance(progress, str) else "auto"),
             SnapshotGuard(str(exp_path)),
         ]
         callbacks += _wandb_callback(spec, sweep_dir, candidates)
-        search_alg = _searcher(spec, base_cfg.seed, point) if search else None
+        search_alg = _searcher(spec, base_cfg.seed, point, sweep_dir / "optuna.db") if search else None
         tuner = tune.Tuner(
             trainable,
             param_space=_param_space(spec, phase, state),
@@ -455,6 +471,10 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
                 num_samples=spec.num_samples if search else 1,
                 # a BasicVariantGenerator limits itself (Tune ignores this for it, with a warning)
                 max_concurrent_trials=None if search and spec.searcher == "random" else spec.max_concurrent,
+                # A finished or stopped trial's worker process runs the next trial: its imports (torch,
+                # Ray's session) and its datasets are paid once per worker, not once per trial
+                # (bench/scale.py: the overhead per trial of short trials).
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=phase,

@@ -1,12 +1,21 @@
-"""A concise live view of a Tune phase: one line per trial event, a status line now and then.
+"""A concise live view of a Tune phase: a status line now and then, and the trial events worth a line.
 
-Tune's own tables are switched off (``verbose=0``); this callback prints, to stdout, every
+Tune's own tables are switched off (``verbose=0``); this callback prints, to stdout, each
 trial's fate in plain words (see :mod:`analysis.states`)::
 
     [search] 12:01:02 3f2a_00000 start  (base config) lr=0.001, head_lr=0.001, lambda_kd=1
     [search] 12:01:30 3f2a_00001 finished  ACC 93.1% FM 2.0% val_avg_acc 0.934 (5/5 tasks) | 1 running, ...
     [search] 12:01:41 3f2a_00002 stopped early by asha after task 2/5  ACC 88.0% ... val_avg_acc 0.880
     [search] 12:01:50 3f2a_00003 ERROR  NonFiniteLoss: non-finite loss at task 1/5, epoch 1, step 3 | ...
+
+How much it prints is ``verbosity`` (``pah sweep --progress``): ``trials``, a line per trial
+event as above; ``summary``, only the notable ones (errors, retries, a new best) and the
+status line, every 30 s and when the phase ends::
+
+    [search] 12:31:02 412/1000 trials ended (5 finished, 405 stopped early, 2 errored), 32 running, 556 to start | best val_avg_acc 0.9312 (3f2a_00017) | 41.2 trials/min, ETA 14m
+
+``auto`` (the default) is ``trials`` for phases of up to ``TRIAL_LINES_UP_TO`` trials, else
+``summary``.
 
 A trial the scheduler stops gets a ``stopped.json`` in its directory (``mark_stopped``), so
 ``pah analyze`` and the HTML report tell it from one that crashed or was killed.
@@ -23,7 +32,11 @@ from ray.tune import Callback
 from analysis.states import ERROR, STOPPED, TrialState, first_line, trial_status
 from pah.io import atomic_write_json
 
-__all__ = ["ConciseProgress", "error_reason", "mark_stopped", "is_partial"]
+__all__ = ["ConciseProgress", "error_reason", "mark_stopped", "is_partial", "VERBOSITY", "TRIAL_LINES_UP_TO"]
+
+VERBOSITY = ("auto", "trials", "summary")
+#: with verbosity "auto", phases of more trials than this print the summary only
+TRIAL_LINES_UP_TO = 30
 
 
 def error_reason(trial: Any, out_dir: Path | None = None) -> str:
@@ -62,6 +75,10 @@ class ConciseProgress(Callback):
     # defaults for instances unpickled from a sweep started by an older version
     scheduler = "the scheduler"
     base_point: dict[str, Any] | None = None
+    total: int | None = None
+    verbosity = "trials"
+    _t0: float | None = None
+    _ended0 = 0
 
     def __init__(
         self,
@@ -75,7 +92,12 @@ class ConciseProgress(Callback):
         candidates: list[dict[str, Any]] | None = None,
         scheduler: str = "the scheduler",
         base_point: dict[str, Any] | None = None,
+        total: int | None = None,
+        verbosity: str = "auto",
     ):
+        if verbosity not in VERBOSITY:
+            raise ValueError(f"verbosity {verbosity!r}: expected one of {', '.join(VERBOSITY)}")
+        self.total, self.verbosity = total, verbosity
         self.candidates = candidates
         self.scheduler = scheduler
         self.base_point = base_point
@@ -101,22 +123,53 @@ class ConciseProgress(Callback):
             f"{status.count('TERMINATED') - stopped} finished, {stopped} stopped early, {status.count('ERROR')} errored"
         )
 
+    def _per_trial(self) -> bool:
+        """Whether every trial event gets a line (else only the notable ones)."""
+        return self.verbosity == "trials" or (self.verbosity == "auto" and (self.total or 0) <= TRIAL_LINES_UP_TO)
+
+    def status(self, trials: list[Any], now: float | None = None) -> str:
+        """Trials ended of all, running, still to start, best so far, rate and ETA."""
+        now = time.monotonic() if now is None else now
+        status = [t.status for t in trials]
+        running = status.count("RUNNING")
+        errored = status.count("ERROR")
+        ended = [t for t, s in zip(trials, status, strict=True) if s == "TERMINATED"]
+        stopped = sum(is_partial(t.last_result) for t in ended)
+        n_ended = len(ended) + errored
+        total = max(self.total or 0, len(trials))
+        text = (f"{n_ended}/{total} trials ended ({len(ended) - stopped} finished, {stopped} stopped early, "
+                f"{errored} errored), {running} running, {total - n_ended - running} to start | {self._best_text()}")
+        if self._t0 is None:
+            self._t0, self._ended0 = now, n_ended
+        done, elapsed = n_ended - self._ended0, now - self._t0
+        if done > 0 and elapsed > 0:
+            rate = done / elapsed
+            text += f" | {60 * rate:.1f} trials/min, ETA {_duration((total - n_ended) / rate)}"
+        return text
+
     def _dir(self, trial: Any) -> Path:
         return Path(self.sweep_dir) / "trials" / self.phase / trial.trial_id
 
     def _best_text(self) -> str:
         return f"best {self.metric} {self._best[0]:.4f} ({self._best[1]})" if self._best else "best -"
 
-    def _update_best(self, trial: Any, result: dict[str, Any]) -> None:
+    def _update_best(self, trial: Any, result: dict[str, Any]) -> bool:
+        """Whether ``result`` is a new best (only whole task sequences compete)."""
         v = result.get(self.metric)
         if v is None or result.get("tasks_completed") != result.get("num_tasks"):
-            return  # only whole task sequences compete
+            return False
         if self._best is None or (v > self._best[0] if self.mode == "max" else v < self._best[0]):
             self._best = (float(v), trial.trial_id)
+            return True
+        return False
 
     # ---- Tune hooks
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._t0 is None:
+            self.status(trials)  # the rate counts from here
+        if not self._per_trial():
+            return
         from sweeps.trainable import params_of
 
         params = params_of(trial.config, self.candidates)
@@ -134,8 +187,14 @@ class ConciseProgress(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}
-        self._update_best(trial, r)
+        best = self._update_best(trial, r)
         stopped = mark_stopped(self._dir(trial), r, by=self.scheduler, metric=self.metric)
+        if not self._per_trial():
+            if best:
+                self._print(f"{trial.trial_id} new best  ACC {100 * r.get('avg_acc', float('nan')):.1f}% "
+                            f"FM {100 * r.get('forgetting', float('nan')):.1f}% {self.metric} {r[self.metric]:.4f}"
+                            f"{_shown(trial, self.candidates)}")
+            return
         word = (f"stopped early by {self.scheduler} after task {r.get('tasks_completed', '?')}/{r.get('num_tasks', '?')}"
                 if stopped else "finished")
         self._print(
@@ -146,8 +205,8 @@ class ConciseProgress(Callback):
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._print(f"{trial.trial_id} ERROR  {error_reason(trial, self._dir(trial))} | "
-                    f"{self._counts(trials, trial, 'ERROR')}")
+        counts = self._counts(trials, trial, 'ERROR') if self._per_trial() else self.status(trials)
+        self._print(f"{trial.trial_id} ERROR  {error_reason(trial, self._dir(trial))} | {counts}")
         if self.enabled and getattr(trial, "path", None):  # the copy in the sweep dir outlives Ray's temp dir
             print(f"    traceback: {Path(trial.path) / 'error.txt'}", flush=True)
 
@@ -159,9 +218,31 @@ class ConciseProgress(Callback):
         now = time.monotonic()
         if now - self._last >= self.every_s:
             if self._last:
-                self._print(f"{self._counts(trials)} | {self._best_text()}")
+                self._print(self.status(trials, now) if not self._per_trial() else
+                            f"{self._counts(trials)} | {self._best_text()}")
             self._last = now
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if not self._per_trial():
+            self._print(self.status(trials))
 
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _shown(trial: Any, candidates: list[dict[str, Any]] | None) -> str:
+    from sweeps.trainable import params_of
+
+    params = params_of(trial.config, candidates)
+    return "  " + ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in params.items()) if params else ""
+
+
+def _duration(seconds: float) -> str:
+    """12s, 14m, 1h36m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{round(s / 60)}m"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"

@@ -11,15 +11,31 @@ A sweep must never lose to not sweeping: the spec's base config (the preset plus
 is the search phase's first trial. ``base_point`` gives its values for the searched keys;
 keys whose base value lies outside the space are left to the sampler (that first trial is
 then the base only in the other keys; the confirm phase runs the exact base config anyway).
+
+The study itself lives in memory and travels in Tune's snapshots (see ``sweeps.driver._searcher``);
+``StudyMirror`` appends every trial that ends (finished, pruned, failed) to ``SWEEP/optuna.db``
+as it ends, from a background thread, so the file can be watched live (``optuna-dashboard``) and
+a driver killed mid-search leaves every ended trial in it. Each mirrored trial carries its Tune
+trial id (user attribute ``tune_trial_id``, also the name of its trial directory): a trial is
+written once, however often a restored search tells it again.
 """
 
 from __future__ import annotations
 
+import copy
+import queue
+import sys
+import threading
+import warnings
+from pathlib import Path
 from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
-__all__ = ["SequenceOptunaSearch", "base_point", "in_space"]
+__all__ = ["SequenceOptunaSearch", "StudyMirror", "mirror_for", "base_point", "in_space", "TUNE_TRIAL_ID"]
+
+#: the user attribute naming a mirrored trial's Tune trial id (and trial directory)
+TUNE_TRIAL_ID = "tune_trial_id"
 
 
 def in_space(value: Any, kind: str, args: tuple[Any, ...]) -> bool:
@@ -51,14 +67,132 @@ def base_point(spec) -> dict[str, Any]:
             "outside": [k for k in spec.space if k not in point]}
 
 
+class StudyMirror:
+    """Ended trials of an in-memory study, appended to an SQLite study (``path``) in a background thread.
+
+    ``put`` queues a copy of a trial and returns at once; ``flush`` waits until the queue is
+    written; ``sync`` writes every ended trial of a study that the file lacks, in the caller's
+    thread. A write that fails (disk full, a locked file) is a note on stderr, never a failed
+    sweep: the study in Tune's snapshot is the one the search uses.
+    """
+
+    def __init__(self, path: str | Path, study_name: str, directions: list[str], metric_names: list[str] | None = None):
+        self.path, self.study_name = Path(path), study_name
+        self.directions, self.metric_names = list(directions), metric_names
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._study = None
+        self._known: set[str] = set()
+        self._warned = False
+
+    def put(self, key: str, trial: Any) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pah-optuna-mirror", daemon=True)
+            self._thread.start()
+        self._queue.put((key, copy.deepcopy(trial)))
+
+    def flush(self, timeout: float = 60.0) -> None:
+        if self._thread is None:
+            return
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+
+    def sync(self, study: Any, keys: dict[int, str]) -> int:
+        """Write every ended trial of ``study`` (``keys``: trial number -> Tune trial id) the file lacks."""
+        items = [(keys[t.number], t) for t in study.get_trials(deepcopy=False) if t.number in keys]
+        return self._write(items)
+
+    def _run(self) -> None:
+        while True:
+            items, events = [], []
+            item = self._queue.get()
+            while True:  # all that is queued, in one go
+                (events if isinstance(item, threading.Event) else items).append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if items:
+                self._write(items)
+            for e in events:
+                e.set()
+
+    def _write(self, items: list[tuple[str, Any]]) -> int:
+        import optuna
+
+        with self._lock:
+            try:
+                if self._study is None:
+                    storage = optuna.storages.RDBStorage(
+                        f"sqlite:///{self.path}", engine_kwargs={"connect_args": {"timeout": 60}})
+                    self._study = optuna.create_study(storage=storage, study_name=self.study_name,
+                                                      directions=self.directions, load_if_exists=True)
+                    if self.metric_names and not self._study.metric_names:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                            self._study.set_metric_names(self.metric_names)
+                    self._known = {str(t.user_attrs.get(TUNE_TRIAL_ID)) for t in self._study.get_trials(deepcopy=False)}
+                new = {key: _copy_trial(t, key) for key, t in items if key not in self._known and t.state.is_finished()}
+                if new:
+                    self._study.add_trials(list(new.values()))
+                    self._known.update(new)
+                return len(new)
+            except Exception as e:  # the live copy is for people; the search does not depend on it
+                if not self._warned:
+                    self._warned = True
+                    print(f"note: could not update {self.path} ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+                self._study = None
+                return 0
+
+
+def _copy_trial(t: Any, key: str) -> Any:
+    from optuna.trial import FrozenTrial
+
+    return FrozenTrial(
+        number=t.number, state=t.state, value=None, values=t.values, datetime_start=t.datetime_start,
+        datetime_complete=t.datetime_complete, params=t.params, distributions=t.distributions,
+        user_attrs={**t.user_attrs, TUNE_TRIAL_ID: key}, system_attrs=t.system_attrs,
+        intermediate_values=t.intermediate_values, trial_id=t._trial_id,
+    )
+
+
+_MIRRORS: dict[str, StudyMirror] = {}
+
+
+def mirror_for(path: str | Path, study_name: str, directions: list[str], metric_names: list[str] | None = None) -> StudyMirror:
+    """This process's mirror of ``path`` (one writer per file, however often the searcher is restored)."""
+    key = str(Path(path).absolute())
+    if key not in _MIRRORS:
+        _MIRRORS[key] = StudyMirror(path, study_name, directions, metric_names)
+    return _MIRRORS[key]
+
+
+def tune_ids(searcher: OptunaSearch) -> dict[int, str]:
+    """Optuna trial number -> Tune trial id, for the trials ``searcher`` has asked for."""
+    return {t.number: tid for tid, t in getattr(searcher, "_ot_trials", {}).items()}
+
+
 class SequenceOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells partial sequences as PRUNED and asks for ``base_point`` first."""
+    """OptunaSearch that tells partial sequences as PRUNED, asks for ``base_point`` first and mirrors
+    every ended trial into ``mirror`` (an SQLite file, see :class:`StudyMirror`)."""
 
     base_point: dict[str, Any] | None = None  # for searchers pickled by an older version
+    mirror: str | None = None
 
-    def __init__(self, *args: Any, base_point: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, base_point: dict[str, Any] | None = None, mirror: str | Path | None = None,
+                 **kwargs: Any) -> None:
         self.base_point = dict(base_point) if base_point else None
+        self.mirror = str(mirror) if mirror else None
         super().__init__(*args, **kwargs)
+
+    def study_mirror(self) -> StudyMirror | None:
+        if not self.mirror or getattr(self, "_ot_study", None) is None:
+            return None
+        metrics = self._metric if isinstance(self._metric, list) else [self._metric]
+        directions = [d.name.lower() for d in self._ot_study.directions]
+        return mirror_for(self.mirror, self._ot_study.study_name, directions, [str(m) for m in metrics])
 
     def _setup_study(self, mode: str | list[str]) -> None:
         super()._setup_study(mode)
@@ -69,10 +203,15 @@ class SequenceOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         partial = result and result.get("tasks_completed") != result.get("num_tasks")
-        if error or not partial or trial_id in self._completed_trials:
+        told = trial_id in self._completed_trials
+        if error or not partial or told:
             super().on_trial_complete(trial_id, result, error)
-            return
-        from optuna.trial import TrialState
+        else:
+            from optuna.trial import TrialState
 
-        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-        self._completed_trials.add(trial_id)
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+        mirror = self.study_mirror()
+        if mirror is not None and not told and trial_id in self._ot_trials:
+            ot = self._ot_trials[trial_id]
+            mirror.put(trial_id, self._ot_study._storage.get_trial(ot._trial_id))

@@ -11,6 +11,13 @@ An older snapshot may name a Ray checkpoint that ``CheckpointConfig(num_to_keep=
 deleted since, and Tune would fail that trial for good. The trial's own directory holds
 its real state, so ``fill_missing_checkpoints`` puts an empty placeholder (0 tasks) there;
 the trainable then resumes from its trial directory (see ``sweeps.trainable``).
+
+Cost at scale (bench/scale.py): Tune's snapshot is one JSON of every trial (~17 kB each) plus
+the pickled searcher, so it grows with the sweep. ``pace_tune_snapshots`` keeps it at most
+~5% of the driver's time (every 2 s while that is cheap, less often as it grows) and stops
+Ray forcing one after every trial checkpoint (with ``num_to_keep=1`` that is one snapshot per
+task reported). ``backup`` copies a file only when it changed, and checks completeness from
+the file's tail instead of parsing it.
 """
 
 from __future__ import annotations
@@ -23,19 +30,33 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-__all__ = ["SnapshotGuard", "repair", "fill_missing_checkpoints", "BACKUP"]
+__all__ = ["SnapshotGuard", "repair", "fill_missing_checkpoints", "pace_tune_snapshots", "BACKUP"]
 
 BACKUP = ".pah-snapshot"
 STATE_GLOBS = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "basic-variant-state-*.json")
 
 
-def _valid(p: Path) -> bool:
+def _valid(p: Path, *, full: bool = False) -> bool:
+    """Whether ``p`` is a complete snapshot file: from its last bytes (or by parsing it, ``full``).
+
+    Tune writes ``experiment_state`` as ``{"trial_data": ..., "runner_data": ..., "stats":
+    {"start_time": T}}``, so only a complete file ends that way; the others are pickles
+    (despite some names), which end with the STOP opcode.
+    """
     try:
-        if p.stat().st_size == 0:
+        size = p.stat().st_size
+        if size == 0:
             return False
-        if p.name.startswith("experiment_state-"):  # the others are pickles, despite some names
+        json_state = p.name.startswith("experiment_state-") or p.name.startswith(".experiment_state-")
+        if full and json_state:
             json.loads(p.read_text())
-        return True
+            return True
+        with open(p, "rb") as f:
+            f.seek(max(0, size - 64))
+            tail = f.read()
+        if json_state:
+            return b'"stats": {"start_time": ' in tail and tail.rstrip().endswith(b"}}")
+        return tail.endswith(b".")
     except (OSError, ValueError):
         return False
 
@@ -45,17 +66,19 @@ def _state_files(exp_dir: Path) -> list[Path]:
 
 
 def backup(exp_dir: Path) -> None:
-    """Copy every complete snapshot file to the backup dir (a half-written one keeps its last copy)."""
-    files = [p for p in _state_files(exp_dir) if _valid(p)]
-    if not files:
-        return
+    """Copy every complete snapshot file that changed to the backup dir (a half-written one keeps its last copy)."""
     dst = exp_dir / BACKUP
-    dst.mkdir(exist_ok=True)
-    for p in files:
+    for p in _state_files(exp_dir):
         target = dst / p.name
-        st = p.stat()
-        if target.exists() and target.stat().st_size == st.st_size and target.stat().st_mtime_ns == st.st_mtime_ns:
+        try:
+            st, bt = p.stat(), target.stat()
+            if bt.st_size == st.st_size and bt.st_mtime_ns == st.st_mtime_ns:
+                continue  # unchanged since the last copy: a stat, no read
+        except FileNotFoundError:
+            pass
+        if not _valid(p):
             continue
+        dst.mkdir(exist_ok=True)
         tmp = dst / f".{p.name}.tmp"
         shutil.copy2(p, tmp)
         if _valid(tmp):
@@ -69,15 +92,45 @@ def repair(exp_dir: Path) -> list[str]:
     if not src.is_dir():
         return fixed
     for b in sorted(src.iterdir()):
-        if b.name.startswith(".") or not _valid(b):
+        if b.name.startswith(".") or not _valid(b, full=True):
             continue
         p = exp_dir / b.name
-        if not p.exists() or not _valid(p):
+        if not p.exists() or not _valid(p, full=True):
             tmp = exp_dir / f".{b.name}.tmp"
             shutil.copy2(b, tmp)
             os.replace(tmp, p)
             fixed.append(b.name)
     return fixed
+
+
+def pace_tune_snapshots(min_period_s: float = 2.0, max_share: float = 0.05) -> bool:
+    """Pace Tune's experiment snapshots in this driver process: every ``min_period_s`` while they are
+    cheap, else so that they take at most ``max_share`` of the time; never forced by trial checkpoints.
+
+    Ray 2.60's ``_ExperimentCheckpointManager`` forces a snapshot whenever a trial has saved
+    ``num_to_keep`` checkpoints since the last one: with ``num_to_keep=1``, after every task a
+    trial reports, each a JSON dump of all trials (O(trials), so O(trials^2) over a sweep). That
+    forcing keeps the snapshot's view of the newest Ray checkpoint exact; this sweep does not need
+    it (a trial resumes from its own directory, see ``fill_missing_checkpoints``). Ray's own
+    adaptive mode ("auto") would wait at least 10 s, and a driver killed in that window forgets
+    the trials started since. Returns False (and changes nothing) on a Ray without these hooks.
+    """
+    try:
+        from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as M
+    except ImportError:
+        return False
+    if not all(hasattr(M, a) for a in ("on_trial_checkpoint", "_update_auto_checkpoint_time")):
+        return False
+
+    def on_trial_checkpoint(self, trial) -> None:
+        return None
+
+    def _update_auto_checkpoint_time(self, time_taken: float) -> None:
+        self._checkpoint_period = max(min_period_s, time_taken / max_share)
+
+    M.on_trial_checkpoint = on_trial_checkpoint
+    M._update_auto_checkpoint_time = _update_auto_checkpoint_time
+    return True
 
 
 class SnapshotGuard(Callback):

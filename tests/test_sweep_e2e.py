@@ -6,11 +6,13 @@ happens, kills every process left in that session by its id.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -118,6 +120,18 @@ def _results(sweep: Path, phase: str) -> dict[str, dict]:
 
 def _log_lines(trial: Path) -> list[str]:
     return (trial / "log.txt").read_text().splitlines() if (trial / "log.txt").exists() else []
+
+
+def _in_optuna_db(sweep: Path) -> list[str]:
+    """Tune trial ids of the trials in SWEEP/optuna.db (read as optuna-dashboard would, while it is written)."""
+    if not (sweep / "optuna.db").exists():
+        return []
+    with contextlib.closing(sqlite3.connect(sweep / "optuna.db", timeout=10)) as c:
+        try:
+            rows = c.execute("select value_json from trial_user_attributes where key = 'tune_trial_id'").fetchall()
+        except sqlite3.OperationalError:  # created, tables not yet
+            return []
+    return [json.loads(v) for (v,) in rows]
 
 
 def _wait_for(cond, timeout: float, what: str, sweep: Sweep):
@@ -257,21 +271,28 @@ def test_killed_driver_then_resume_finishes_without_retraining(tmp_path):
         snaps = (sweep / "tune" / "search" / ".pah-snapshot").glob("experiment_state-*.json")
         return any(d.name in p.read_text(errors="ignore") for p in snaps)
 
+    def told_optuna():  # trials the driver has printed as ended
+        return set(re.findall(r"\[search\] \S+ (\S+) (?:finished|stopped early)", run.log.read_text()))
+
     def mid_sweep():
         trials = list((sweep / "trials" / "search").glob("*"))
         done = [d for d in trials if (d / "result.json").exists()]
         busy = [d for d in trials if not (d / "result.json").exists()
                 and any("trained task" in ln for ln in _log_lines(d)) and known_to_tune(d)]
-        return (done, busy) if done and busy else None
+        # the live study: SWEEP/optuna.db holds every trial that ended, while the driver runs
+        live = told_optuna() and told_optuna() <= set(_in_optuna_db(sweep))
+        return (done, busy) if done and busy and live else None
 
-    done, busy = _wait_for(mid_sweep, 150, "one finished and one half-trained trial", run)
+    done, busy = _wait_for(mid_sweep, 150, "one finished and one half-trained trial, in optuna.db", run)
     run.kill_driver()  # with no chance to clean up
+    ended = told_optuna()
     time.sleep(0.5)
     run.close()  # then the rest of its session, as when a job ends
     # the worst moment to die: while Ray rewrote its snapshot in place (it truncates, then writes)
     for pattern in ("experiment_state-*.json", "search_gen_state-*", "searcher-state-*"):
         for f in (sweep / "tune" / "search").glob(pattern):
             f.write_bytes(b"")
+    assert ended <= set(_in_optuna_db(sweep))  # a killed driver lost no ended trial from the study
     done = [d for d in (sweep / "trials" / "search").glob("*") if (d / "result.json").exists()]
     before = {d.name: len(_log_lines(d)) for d in done}
     assert len(done) < 4
@@ -313,6 +334,8 @@ def test_killed_driver_then_resume_finishes_without_retraining(tmp_path):
     study = optuna.load_study(study_name="four", storage=f"sqlite:///{sweep / 'optuna.db'}")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) >= 4, [t.state for t in study.trials]
+    ids = _in_optuna_db(sweep)
+    assert len(ids) == len(set(ids)) and set(search) <= set(ids)  # each trial once, after a restore told it again
 
 
 # --------------------------------------------------------------------------- a non-finite loss

@@ -184,14 +184,21 @@ def test_saved_spec_round_trips_through_json():
 
 def test_snapshot_guard_restores_half_written_files(tmp_path):
     pytest.importorskip("ray.tune")
+    import pickle
+
     from sweeps.snapshot import backup, repair
 
-    (tmp_path / "experiment_state-1.json").write_text('{"trials": 3}')
-    (tmp_path / "searcher-state-1.pkl").write_bytes(b"pickle")
+    state = json.dumps({"trial_data": [["t"] * 3], "runner_data": {}, "stats": {"start_time": 1.5}})  # Tune's layout
+    (tmp_path / "experiment_state-1.json").write_text(state)
+    (tmp_path / "searcher-state-1.pkl").write_bytes(pickle.dumps({"study": 1}))
     backup(tmp_path)
     (tmp_path / "experiment_state-1.json").write_text("")  # truncated by a kill mid-copy
-    (tmp_path / "searcher-state-1.pkl").write_bytes(b"newer")  # complete: kept as it is
+    (tmp_path / "searcher-state-1.pkl").write_bytes(pickle.dumps({"study": 2}))  # complete: kept as it is
     backup(tmp_path)  # a broken file never replaces its good copy
     assert repair(tmp_path) == ["experiment_state-1.json"]
-    assert (tmp_path / "experiment_state-1.json").read_text() == '{"trials": 3}'
-    assert (tmp_path / "searcher-state-1.pkl").read_bytes() == b"newer"
+    assert (tmp_path / "experiment_state-1.json").read_text() == state
+    assert pickle.loads((tmp_path / "searcher-state-1.pkl").read_bytes()) == {"study": 2}
+    (tmp_path / "experiment_state-1.json").write_text(state[:-20])  # cut mid-file: not copied, repaired
+    backup(tmp_path)
+    assert json.loads((tmp_path / ".pah-snapshot" / "experiment_state-1.json").read_text())["stats"]
+    assert repair(tmp_path) == ["experiment_state-1.json"] and (tmp_path / "experiment_state-1.json").read_text() == state
