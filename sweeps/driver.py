@@ -196,6 +196,12 @@ def _ray(address: str | None, spec: Spec) -> Iterator[None]:
     # forgets the trials started since, and a restore samples new ones in their place (their dirs
     # stay behind as unfinished). Our experiment state is small: snapshot every 2 s.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # Ray's raylet starts its workers (our trials, W&B's loggers) at nice 15 by default, so any
+    # normal-priority work on the machine starves them (a 20 s trial took 6 min with one busy
+    # process per core). The trials are the work the user asked for: they run at the user's own
+    # priority (`nice -n 10 pah sweep ...` for a background sweep). RAY_worker_niceness, when set,
+    # is kept. A cluster we join (--address, Ray Jobs) keeps the niceness its raylets started with.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     import logging
 
     import ray
@@ -378,12 +384,28 @@ def _wandb_callback(spec: Spec, sweep_dir: Path, candidates: list[dict[str, Any]
         print(f"note: W&B logging skipped ({e})", file=sys.stderr, flush=True)
         return []
 
+    from sweeps.wandb_runs import ReplayingWandbActor, wait_for_runs
+
     class GroupedWandb(WandbLoggerCallback):
-        """W&B runs grouped by config_id, so the seeds of one config share a group."""
+        """W&B runs grouped by config_id, so the seeds of one config share a group; complete when
+        the phase ends (sweeps/wandb_runs.py: a restored trial's run replays its earlier one)."""
+
+        _logger_actor_cls = ReplayingWandbActor
 
         def log_trial_start(self, trial):
+            from sweeps.trainable import params_of
+
+            params = params_of(trial.config, candidates)
             self.group = _config_id_of(spec, trial.config, candidates)
+            # the run's config says what the trial trained: its searched values, config_id and seed
+            # (a confirm trial's Tune config holds only a candidate index and a seed)
+            self.kwargs["config"] = {**{k: v for k, v in trial.config.items() if k not in self.excludes}, **params,
+                                     "config_id": self.group,
+                                     "seed": spec.trial_config(params, trial.config.get("seed")).seed}
             super().log_trial_start(trial)
+
+        def on_experiment_end(self, trials, **info):
+            wait_for_runs(self)
 
     (sweep_dir / "wandb").mkdir(exist_ok=True)
     return [GroupedWandb(

@@ -1,0 +1,241 @@
+"""Complete W&B runs for a sweep's trials: every trial's run holds its config, its per-task
+history and its summary when ``pah sweep`` returns, after a resume as after a clean run.
+
+Ray's ``WandbLoggerCallback`` logs each trial from a logging actor (a process of its own) that
+runs ``wandb.init``, logs what the driver queues and calls ``wandb.finish``. Two ways it lost
+data, and what this module does about them:
+
+* ``wandb.init`` gives up after 90 s by default; on a loaded machine (Ray's workers used to run
+  at nice 15) that is too short, the actor's task fails and every result queued for it is lost,
+  leaving an offline file that holds its 7-byte header alone. The actor here waits up to
+  ``INIT_TIMEOUT_S`` for W&B to start.
+* A driver killed mid-sweep (a crash, a SLURM requeue) kills the logging actors and W&B's
+  writer with it: their offline runs stop mid-history (W&B buffers its records: the file can
+  hold its 7-byte header alone), without a summary. A restored trial starts a new run with the
+  same id, which alone would hold only the tasks trained after the restart. So the actor here
+  journals every row it logs to ``SWEEP/wandb/rows/ID.jsonl`` (a flushed line per row, before
+  ``wandb.log``); a new run of that id logs the journal's rows first, then moves the earlier
+  run directories out of the ``offline-run-*`` pattern (to ``replaced-run-*``), so that
+  ``wandb sync SWEEP/wandb/offline-run-*`` uploads one complete run per trial.
+* Its step is ``tasks_completed``, not Tune's ``training_iteration``: a restored trial's
+  iteration count restarts from Tune's last snapshot, which may lag behind what was logged.
+
+The sweep waits for the actors to finish writing, up to ``FINISH_TIMEOUT_S``, and names every
+run it could not complete (see ``wait_for_runs``).
+
+Offline run files are read with ``read_records``: W&B's own record format (a LevelDB-style log
+of ``wandb.proto`` ``Record`` messages in 32 KiB blocks, after a 7-byte header); wandb >= 0.20
+no longer ships a Python reader for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ray.air.integrations.wandb import _WandbLoggingActor
+
+from pah.io import atomic_write_bytes
+
+__all__ = ["INIT_TIMEOUT_S", "FINISH_TIMEOUT_S", "read_records", "history_rows", "summary_of", "config_of",
+           "is_finished", "ReplayingWandbActor",
+           "wait_for_runs"]
+
+INIT_TIMEOUT_S = 600.0
+FINISH_TIMEOUT_S = 600.0
+
+_HEADER = struct.Struct("<4sHB")  # b":W&B", 0xBEE1, version
+_CHUNK = struct.Struct("<IHB")  # crc32, length, type (1 full, 2 first, 3 middle, 4 last)
+_BLOCK = 32768
+
+
+def read_records(path: str | Path) -> Iterator[Any]:
+    """The ``wandb.proto`` Records of an offline run file, in order; a truncated tail is ignored."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if len(data) < _HEADER.size:
+        return
+    ident, magic, _ = _HEADER.unpack_from(data)
+    if ident != b":W&B" or magic != 0xBEE1:
+        raise ValueError(f"{path}: not a W&B run file")
+    pos, parts = _HEADER.size, []
+    while pos + _CHUNK.size <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _CHUNK.size:  # a block's tail too short for a chunk header is padding
+            pos += left
+            continue
+        _, n, kind = _CHUNK.unpack_from(data, pos)
+        if kind == 0:  # zero padding up to the block end
+            pos += left
+            continue
+        if pos + _CHUNK.size + n > len(data):
+            return  # written in part when the writer died
+        parts.append(data[pos + _CHUNK.size:pos + _CHUNK.size + n])
+        pos += _CHUNK.size + n
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(b"".join(parts))
+            parts = []
+            yield record
+
+
+def _items(items) -> dict[str, Any]:
+    return {(it.key or "/".join(it.nested_key)): json.loads(it.value_json) for it in items}
+
+
+def history_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows a run logged (``wandb.log``), each a dict with ``_step`` and the logged keys."""
+    return [_items(r.history.item) for r in read_records(path) if r.WhichOneof("record_type") == "history"]
+
+
+def summary_of(path: str | Path) -> dict[str, Any]:
+    """The run's final summary (the last summary record wins, key by key)."""
+    out: dict[str, Any] = {}
+    for r in read_records(path):
+        if r.WhichOneof("record_type") == "summary":
+            out.update(_items(r.summary.update))
+    return out
+
+
+def config_of(path: str | Path) -> dict[str, Any]:
+    """The run's config: what ``wandb.init`` got (in the run record), then its config updates."""
+    out: dict[str, Any] = {}
+    for r in read_records(path):
+        kind = r.WhichOneof("record_type")
+        if kind in ("run", "config"):
+            out.update(_items((r.run.config if kind == "run" else r.config).update))
+    out.pop("_wandb", None)
+    return out
+
+
+def is_finished(path: str | Path) -> bool:
+    """The run file holds its exit record (``wandb.finish`` completed)."""
+    return any(r.WhichOneof("record_type") == "exit" for r in read_records(path))
+
+
+class ReplayingWandbActor(_WandbLoggingActor):
+    """Ray's logging actor: a longer ``wandb.init`` wait, earlier runs of its id replayed, and
+    ``tasks_completed`` as the W&B step (a restored trial's ``training_iteration`` restarts from
+    Tune's last snapshot, which may lag behind the tasks its earlier run logged)."""
+
+    def run(self):
+        import os
+
+        os.environ["WANDB_START_METHOD"] = "thread"
+        settings = dict(self.kwargs.pop("settings", None) or {})
+        settings.setdefault("init_timeout", INIT_TIMEOUT_S)
+        rows_path = self._rows_path()
+        rows = _read_rows(rows_path) if rows_path else []
+        if rows_path:  # whole lines only, before this run appends to it
+            atomic_write_bytes(rows_path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+        logged = {r["_step"] for r in rows}
+        # tasks the trial finished that no earlier run logged (a driver killed before its logger
+        # caught up): their metrics, rebuilt from the accuracy matrices in the trial's checkpoint
+        rows += [r for r in self._rows_from_checkpoint() if r["_step"] not in logged]
+        rows.sort(key=lambda r: r["_step"])
+        earlier = self._earlier_runs()  # before init creates this run's own directory
+        run = self._wandb.init(*self.args, settings=settings, **self.kwargs)
+        run.config.trial_log_path = self._logdir
+        last = -1
+        for row in rows:  # what the earlier run(s) of this trial logged, in the order logged
+            step = row.pop("_step")
+            if step > last:
+                self._wandb.log(row, step=step)
+                last = step
+        for d in earlier:  # out of the offline-run-* pattern: `wandb sync` uploads this run alone
+            d.rename(d.with_name("replaced-run-" + d.name.removeprefix("offline-run-")))
+        with open(rows_path, "a") if rows_path else contextlib.nullcontext() as journal:
+            while True:
+                item_type, item_content = self.queue.get()
+                if item_type.name == "END":
+                    break
+                if item_type.name == "CHECKPOINT":
+                    self._handle_checkpoint(item_content)
+                    continue
+                log, config_update = self._handle_result(item_content)
+                step = int(log.get("tasks_completed", log.get("training_iteration", last + 1)))
+                self._wandb.config.update(config_update, allow_val_change=True)
+                if step > last:  # a task trained again after a restart is logged once
+                    if journal is not None:  # first to our journal: a kill cannot lose it
+                        journal.write(json.dumps({"_step": step, **log}, default=str) + "\n")
+                        journal.flush()
+                    self._wandb.log(log, step=step)
+                    last = step
+        self._wandb.finish()
+
+    def _rows_path(self) -> Path | None:
+        run_id, root = self.kwargs.get("id"), self.kwargs.get("dir")
+        if not run_id or not root:
+            return None
+        path = Path(root, "wandb", "rows", f"{run_id}.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _rows_from_checkpoint(self) -> list[dict[str, Any]]:
+        run_id, root = self.kwargs.get("id"), self.kwargs.get("dir")
+        ckpts = sorted(Path(root).glob(f"trials/*/{run_id}/checkpoint/state.pt")) if run_id and root else []
+        if not ckpts:
+            return []
+        import torch
+
+        from pah.metrics import summarize
+        from sweeps.trainable import metrics_of_result
+
+        try:
+            state = torch.load(ckpts[0], map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - unreadable: the trial itself reports and retrains it
+            return []
+        acc, val = state.get("acc_rows") or [], state.get("val_rows") or []
+        has_val = (state.get("config") or {}).get("data", {}).get("val_fraction", 0) > 0
+        return [{"_step": t + 1, "tasks_completed": t + 1,
+                 **metrics_of_result(summarize(acc[: t + 1]), summarize(val[: t + 1]) if has_val else None)}
+                for t in range(len(acc))]
+
+    def _earlier_runs(self) -> list[Path]:
+        run_id, root = self.kwargs.get("id"), self.kwargs.get("dir")
+        if not run_id or not root:
+            return []
+        return sorted(Path(root, "wandb").glob(f"offline-run-*-{run_id}"))
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """The journal's rows; a last line cut short by a kill is dropped."""
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def wait_for_runs(callback, timeout_s: float = FINISH_TIMEOUT_S) -> None:
+    """Wait (up to ``timeout_s``) for every logging actor of ``callback`` to finish its run.
+
+    A run that failed or did not finish in time is named on stderr, with where the trial's own
+    results are; its actor is then stopped, as Ray's callback does at the experiment's end.
+    """
+    import ray
+
+    futures = dict(callback._logging_future_to_trial)
+    if futures:
+        done, remaining = ray.wait(list(futures), num_returns=len(futures), timeout=timeout_s)
+        for f in done:
+            try:
+                ray.get(f)
+            except Exception as e:  # noqa: BLE001 - reported, the sweep's results are elsewhere
+                print(f"warning: the W&B run of trial {futures[f].trial_id} failed ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); its results are in the trial's result.json",
+                      file=sys.stderr, flush=True)
+        for f in remaining:
+            print(f"warning: the W&B run of trial {futures[f].trial_id} did not finish writing in {timeout_s:.0f} s "
+                  "and was stopped: its offline run may lack its last rows; its results are in the trial's "
+                  "result.json", file=sys.stderr, flush=True)
+    callback._cleanup_logging_actors(timeout=0, kill_on_timeout=True)
