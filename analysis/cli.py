@@ -31,7 +31,8 @@ from pah.io import atomic_write_bytes, check_output_dir, check_output_file
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.epilog = __doc__.split("\n\n", 1)[1]  # the description's details and the examples
-    p.add_argument("dirs", nargs="*", metavar="DIR", help="sweep, experiment or trial directories (or result.json files)")
+    p.add_argument("dirs", nargs="*", metavar="DIR", help="sweep, experiment or trial directories (or result.json files); "
+                   "a sweep on object storage by its URI (s3://BUCKET/PREFIX/NAME, gs://...)")
     p.add_argument("--by", metavar="FIELD,...", help="group by these fields (default: config_id, shown with method and dataset); "
                    "any result field, e.g. method,dataset or a config key such as train.lr")
     p.add_argument("--format", default="table", metavar="FORMAT", help=f"one of {', '.join(FORMATS)} (default: table)")
@@ -45,6 +46,31 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sweeps import storage
+
+    uris = [d for d in args.dirs if storage.is_uri(d)]
+    if not uris:
+        return _run(args)
+    import shutil
+    import tempfile
+
+    for uri in uris:  # exit 2 before reading anything: no bucket, no access, no endpoint, no sweep
+        storage.check(uri, "DIR", write=False)
+    tmp = Path(tempfile.mkdtemp(prefix="pah-analyze-"))
+    try:  # the trials' small files (never Tune's dir, the checkpoints or W&B's runs), analyzed as a local copy
+        local = []
+        for i, d in enumerate(args.dirs):
+            if storage.is_uri(d):
+                d = tmp / str(i) / d.rstrip("/").rsplit("/", 1)[-1]
+                storage.download(args.dirs[i], d, skip_dirs=(*storage.SKIP_DIRS, "wandb"))
+            local.append(str(d))
+        args.dirs = local
+        return _run(args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace) -> int:
     # ---- validate everything before reading or writing anything
     check_format(args.format)
     if args.out:

@@ -21,10 +21,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", nargs="?", metavar="SPEC", help="YAML path or shipped spec name (default: quickstart)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set a spec field or override a base config key (repeatable)")
-    p.add_argument("--storage", metavar="DIR", help="parent directory of the sweep dir (default: runs/sweeps)")
+    p.add_argument("--storage", metavar="DIR", help="parent directory of the sweep dir (default: runs/sweeps), or "
+                   "a bucket prefix: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX (no shared filesystem needed)")
     p.add_argument("--name", metavar="NAME", help="sweep dir name (default: SPEC-YYYYmmdd-HHMMSS); an existing sweep there is resumed")
     p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: start a private local Ray)")
-    p.add_argument("--resume", metavar="DIR", type=Path, help="continue the sweep in DIR")
+    p.add_argument("--resume", metavar="DIR", help="continue the sweep in DIR (a path or s3://..., gs://... URI)")
     p.add_argument("--quiet", action="store_true", help="no live progress lines")
     p.add_argument("--progress", choices=("auto", "trials", "summary"), default="auto",
                    help="live lines: 'trials', one per trial start and end; 'summary', a status line every 30 s "
@@ -70,9 +71,14 @@ def _check_paths(args: argparse.Namespace) -> None:
     """--resume, --storage, --name and --address, checked before Ray starts or anything is written."""
     from pah.errors import UserError
     from pah.io import check_output_dir
+    from sweeps import storage
 
-    if args.resume is not None:
-        d = args.resume
+    if args.resume is not None and storage.is_uri(args.resume):
+        storage.check(args.resume, "--resume")  # exit 2: no bucket, no access, no endpoint
+        if not storage.exists(storage.join(args.resume, "sweep.json")):
+            raise UserError(f"--resume {args.resume}: not a sweep (no sweep.json there; expected the 'sweep: URI' line)")
+    elif args.resume is not None:
+        d = args.resume = Path(args.resume)
         if not d.exists():
             raise UserError(f"--resume {d}: does not exist; expected a sweep directory (the 'sweep: DIR' line)")
         if not d.is_dir():
@@ -92,9 +98,10 @@ def _check_paths(args: argparse.Namespace) -> None:
             raise UserError(f"--name {args.name!r}: expected a plain directory name (letters, digits, . _ - = +), "
                             "which stays inside --storage")
         if args.storage is not None:
-            if "://" in args.storage:
-                raise UserError(f"--storage {args.storage}: URIs are not supported yet; give a local or shared path")
-            check_output_dir(args.storage, "--storage")
+            if storage.is_uri(args.storage):
+                storage.check(args.storage)  # exit 2 before Ray starts
+            else:
+                check_output_dir(args.storage, "--storage")
     if args.address is not None and not re.fullmatch(r"auto|local|(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}", args.address):
         raise UserError(f"--address {args.address!r}: expected HOST:PORT of a Ray cluster's head (e.g. 10.0.0.1:6379), "
                         "ray://HOST:PORT or auto")

@@ -44,7 +44,9 @@ import yaml
 
 from pah.errors import UserError
 from pah.io import atomic_write_bytes, atomic_write_json, read_json
+from sweeps import storage as storage_mod
 from sweeps.spec import Spec, load_spec, spec_from_dict
+from sweeps.storage import is_uri, remote_of
 
 __all__ = ["run_sweep", "DEFAULT_STORAGE", "STATE", "REPORT", "select_candidates", "summary_table", "write_report",
            "confirm_jobs"]
@@ -77,8 +79,10 @@ def run_sweep(
     ("auto", "trials", "summary"; set when a phase starts, kept by a resumed one).
     """
     sweep_dir, spec_obj, state = _open(spec, overrides, storage, name, resume)
-    print(f"sweep: {sweep_dir}", flush=True)
-    _check_storage(sweep_dir)
+    remote = remote_of(sweep_dir)  # a URI: sweep_dir is the driver's staging copy (sweeps/storage.py)
+    print(f"sweep: {remote or sweep_dir}", flush=True)
+    if remote is None:
+        _check_storage(sweep_dir)
     if state["phases"]["search"].get("started"):
         done = [p for p in PHASES if state["phases"][p]["done"]]
         print(f"resuming {spec_obj.name} ({', '.join(done) if done else 'no phase'} done)", flush=True)
@@ -115,10 +119,12 @@ def write_report(sweep_dir: Path) -> Path | None:
         from analysis.html import write_html
 
         path = write_html([sweep_dir], sweep_dir / REPORT)
+        _push(sweep_dir, REPORT)
     except Exception as e:  # the results are on disk either way; `pah analyze SWEEP --html` retries
         print(f"note: could not write {sweep_dir / REPORT} ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
         return None
-    print(f"report: {path}", flush=True)
+    remote = remote_of(sweep_dir)
+    print(f"report: {storage_mod.join(remote, REPORT) if remote else path}", flush=True)
     return path
 
 
@@ -126,6 +132,10 @@ def write_report(sweep_dir: Path) -> Path | None:
 
 
 def _open(spec, overrides, storage, name, resume) -> tuple[Path, Spec, dict[str, Any]]:
+    if resume is not None and is_uri(resume):
+        if overrides:
+            raise UserError("--set: cannot change the spec of a sweep being resumed")
+        return _open_remote(str(resume), None)
     if resume is not None:
         sweep_dir = Path(resume).absolute()
         if not (sweep_dir / STATE).is_file():
@@ -138,10 +148,11 @@ def _open(spec, overrides, storage, name, resume) -> tuple[Path, Spec, dict[str,
     spec_obj = spec if isinstance(spec, Spec) else load_spec(spec or "quickstart", list(overrides))
     if name is not None and (not name or "/" in name or name in (".", "..")):
         raise UserError(f"--name {name!r}: expected a plain directory name")
+    name = name or f"{spec_obj.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if is_uri(storage):  # checked before Path() folds its "//"
+        return _open_remote(storage_mod.join(str(storage), name), spec_obj)
     parent = Path(storage) if storage is not None else DEFAULT_STORAGE
-    if "://" in str(parent):
-        raise UserError(f"--storage {storage}: URIs are not supported yet; give a local or shared-filesystem path")
-    sweep_dir = (parent / (name or f"{spec_obj.name}-{time.strftime('%Y%m%d-%H%M%S')}")).absolute()
+    sweep_dir = (parent / name).absolute()
     if (sweep_dir / STATE).is_file():  # a requeued job calls us again: continue that sweep
         loaded = _load_state(sweep_dir)
         if loaded[2]["spec"] != spec_obj.to_dict():
@@ -150,15 +161,42 @@ def _open(spec, overrides, storage, name, resume) -> tuple[Path, Spec, dict[str,
         return loaded
     if sweep_dir.exists() and any(sweep_dir.iterdir()):
         raise UserError(f"sweep dir {sweep_dir} exists and is not a sweep; choose another --name or --storage")
+    return _new_sweep(sweep_dir, spec_obj, str(sweep_dir / "tune"))
+
+
+def _new_sweep(sweep_dir: Path, spec_obj: Spec, tune_root: str) -> tuple[Path, Spec, dict[str, Any]]:
     state = {
         "schema": 1,
         "spec": spec_obj.to_dict(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "phases": {p: {"done": False, "path": str(sweep_dir / "tune" / p)} for p in PHASES},
+        "phases": {p: {"done": False, "path": f"{tune_root}/{p}"} for p in PHASES},
     }
     _save(sweep_dir, state)
     atomic_write_bytes(sweep_dir / "spec.yaml", yaml.safe_dump(spec_obj.to_dict(), sort_keys=False).encode())
+    _push(sweep_dir, "spec.yaml")
     return sweep_dir, spec_obj, state
+
+
+def _open_remote(uri: str, spec_obj: Spec | None) -> tuple[Path, Spec, dict[str, Any]]:
+    """A sweep under a URI: check access (before anything starts), then stage its files locally
+    (all but Tune's dir and the checkpoints): the state, the trials' small files, optuna.db, wandb/."""
+    option = "--storage" if spec_obj is not None else "--resume"
+    storage_mod.check(uri, option)
+    local = storage_mod.staging_dir(uri)
+    shutil.rmtree(local, ignore_errors=True)  # the bucket holds the truth
+    storage_mod.mark_staging(local, uri)
+    storage_mod.download(uri, local)
+    if (local / STATE).is_file():  # a resume, or a requeued job calling us again
+        loaded = _load_state(local)
+        if spec_obj is not None and loaded[2]["spec"] != spec_obj.to_dict():
+            print(f"note: {uri} holds a sweep of another spec; continuing it with its saved spec",
+                  file=sys.stderr, flush=True)
+        return loaded
+    if spec_obj is None:
+        raise UserError(f"--resume {uri}: not a sweep (no {STATE} there)")
+    if len([p for p in local.iterdir() if p.name != storage_mod.MARKER]):
+        raise UserError(f"sweep dir {uri} exists and is not a sweep; choose another --name or --storage")
+    return _new_sweep(local, spec_obj, storage_mod.join(uri, "tune"))
 
 
 def _load_state(sweep_dir: Path) -> tuple[Path, Spec, dict[str, Any]]:
@@ -169,6 +207,17 @@ def _load_state(sweep_dir: Path) -> tuple[Path, Spec, dict[str, Any]]:
 
 def _save(sweep_dir: Path, state: dict[str, Any]) -> None:
     atomic_write_json(sweep_dir / STATE, state)
+    _push(sweep_dir, STATE)
+
+
+def _push(sweep_dir: Path, *files: str) -> None:
+    """Upload these files (paths relative to the sweep dir; folders: every file in them) of a staged sweep."""
+    remote = remote_of(sweep_dir)
+    if remote is None:
+        return
+    for rel in files:
+        if (sweep_dir / rel).exists():
+            storage_mod.upload(sweep_dir / rel, storage_mod.join(remote, rel))
 
 
 def _check_storage(sweep_dir: Path) -> None:
@@ -436,11 +485,13 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
 
     base_cfg = spec.trial_config()
     exp_path = sweep_dir / "tune" / phase
+    remote = remote_of(sweep_dir)  # object storage: Tune and the trials write there directly
+    tune_root = storage_mod.join(remote, "tune") if remote else str(sweep_dir / "tune")
     candidates = state["phases"]["confirm"].get("candidates") if phase == "confirm" else None
     pack = spec.resources.pack
     packers = packer_names(sweep_dir, phase, math.ceil(spec.max_concurrent / pack)) if pack > 1 else None
     trainable = tune.with_resources(
-        make_trainable(spec.to_dict(), str(sweep_dir), phase, cpus=spec.resources.cpus, candidates=candidates,
+        make_trainable(spec.to_dict(), remote or str(sweep_dir), phase, cpus=spec.resources.cpus, candidates=candidates,
                        packers=packers),
         {"cpu": spec.resources.cpus, "gpu": 0 if packers else spec.resources.gpus},  # packers hold the GPUs
     )
@@ -458,11 +509,14 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
     if fixed:
         print(f"[{phase}] the driver died while Ray wrote its snapshot: using the last good copy of {', '.join(fixed)}",
               flush=True)
-    if tune.Tuner.can_restore(str(exp_path)):
-        print(f"[{phase}] restoring {exp_path}", flush=True)
+    restore_path = f"{tune_root}/{phase}" if remote else str(exp_path)
+    if remote:
+        storage_mod.newest_checkpoints_everywhere(restore_path)
+    if tune.Tuner.can_restore(restore_path):
+        print(f"[{phase}] restoring {restore_path}", flush=True)
         _wandb_env(spec)  # the restored W&B callback needs the mode too
         tuner = tune.Tuner.restore(
-            str(exp_path), trainable, resume_unfinished=True, resume_errored=True,
+            restore_path, trainable, resume_unfinished=True, resume_errored=True,
             param_space=_param_space(spec, phase, state),
         )
     else:
@@ -480,8 +534,9 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
                             total=spec.num_samples if search and spec.searcher != "grid" else
                             None if search else len(confirm_jobs(spec, state)),
                             verbosity=progress if isinstance(progress, str) else "auto"),
-            SnapshotGuard(str(exp_path)),
         ]
+        if not remote:  # an object store replaces each object whole: no half-written snapshot to guard against
+            callbacks.append(SnapshotGuard(str(exp_path)))
         callbacks += _wandb_callback(spec, sweep_dir, candidates)
         search_alg = _searcher(spec, base_cfg.seed, point, sweep_dir / "optuna.db") if search else None
         tuner = tune.Tuner(
@@ -500,7 +555,7 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
             ),
             run_config=tune.RunConfig(
                 name=phase,
-                storage_path=str(sweep_dir / "tune"),
+                storage_path=tune_root,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=callbacks,
@@ -516,9 +571,17 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
         grid = tuner.fit()
     finally:
         stop_packers(handles)
+    if remote:  # the trials' small files, for the candidates, the table and stopped.json
+        storage_mod.download(storage_mod.join(remote, "trials", phase), sweep_dir / "trials" / phase)
+        if phase == "search":
+            storage_mod.download(f"{tune_root}/search", sweep_dir / "tune" / "search",
+                                 keep=lambda rel: rel.startswith("searcher-state-"))
     if phase == "search" and spec.searcher.startswith("optuna"):
         _export_study(sweep_dir)
     _mark_stopped(sweep_dir, spec, phase, grid)
+    if remote:
+        _push(sweep_dir, "optuna.db", "wandb",
+              *(str(p.relative_to(sweep_dir)) for p in (sweep_dir / "trials" / phase).glob("*/stopped.json")))
     errored = [r for r in grid if r.error is not None]
     state["phases"][phase]["done"] = True
     state["phases"][phase]["seconds"] = round(state["phases"][phase].get("seconds", 0.0) + time.monotonic() - t0, 1)

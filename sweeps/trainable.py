@@ -71,6 +71,36 @@ def _take_ray_checkpoint(out: Path) -> None:
             os.replace(tmp, local)
 
 
+def _trial_dir_of(sweep_dir: str, phase: str, trial_id: str) -> tuple[Path, Callable[[], None]]:
+    """(where the trial trains, what uploads its files). On object storage (sweeps/storage.py) a
+    trial trains in a scratch dir of its node, seeded with what earlier starts uploaded (log.txt,
+    error.json); its task checkpoints reach the bucket through Tune, and its small files after
+    every task. On a filesystem it trains in the sweep dir itself and has nothing to upload."""
+    from sweeps import storage
+
+    if not storage.is_uri(sweep_dir):
+        return trial_dir(sweep_dir, phase, trial_id), lambda: None
+    out = storage.scratch_dir(sweep_dir, phase, trial_id)
+    remote = storage.join(sweep_dir, "trials", phase, trial_id)
+    if not out.exists():
+        storage.download(remote, out)
+
+    def push() -> None:
+        storage.upload(out, remote, files=[f for f in UPLOADED if (out / f).exists()])
+
+    return out, push
+
+
+def storage_scratch(sweep_dir: str) -> bool:
+    from sweeps.storage import is_uri
+
+    return is_uri(sweep_dir)
+
+
+#: a trial's files that go to object storage, in this order (result.json last)
+UPLOADED = ("params.json", "log.txt", "error.json", "result.json")
+
+
 def params_of(config: dict[str, Any], candidates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """A trial's config keys: sampled ones (search), or those of confirm candidate ``config["candidate"]``."""
     if "candidate" in config:
@@ -105,13 +135,14 @@ def make_trainable(
         if cpus >= 1:
             torch.set_num_threads(int(cpus))
 
-        out = trial_dir(sweep_dir, phase, tune.get_context().get_trial_id())
+        out, push = _trial_dir_of(sweep_dir, phase, tune.get_context().get_trial_id())
         out.mkdir(parents=True, exist_ok=True)
         (out / "pid").write_text(f"{os.getpid()}\n")
         atomic_write_json(out / "params.json", {"params": params, "seed": cfg.seed})
         _take_ray_checkpoint(out)
         done = _tasks_in(out / "checkpoint")
         _log(out, f"start tasks_done={done}" + (" (finished already)" if (out / "result.json").exists() else ""))
+        push()
 
         # A non-finite loss is deterministic: a retry from the same checkpoint fails the same way.
         err_path = out / "error.json"
@@ -124,6 +155,7 @@ def make_trainable(
         def on_task_end(r) -> None:
             atomic_write_json(r.checkpoint_dir / META, {"tasks_completed": r.task + 1})
             _log(out, f"trained task {r.task + 1}/{r.num_tasks}")
+            push()
             if r.task + 1 < r.num_tasks:  # the last task is reported once result.json exists (below)
                 tune.report(
                     _metrics(r.metrics, r.val_metrics, r.task + 1, r.num_tasks, r.train_seconds),
@@ -151,8 +183,12 @@ def make_trainable(
         except Exception as e:
             atomic_write_json(err_path, {"type": type(e).__name__, "message": str(e), "tasks_done": _tasks_in(out / "checkpoint")})
             _log(out, f"error {type(e).__name__}: {e}")
+            push()
             raise
         _log(out, "finished")
+        push()  # result.json last: a reader that sees it sees the trial's other files too
+        if storage_scratch(sweep_dir):
+            shutil.rmtree(out, ignore_errors=True)  # all of it is in the bucket now; the node keeps nothing
         # Reported only now: a scheduler may stop the trial at its last report (ASHA at max_t),
         # and the trial must not be stopped before result.json is written.
         T = len(result["acc_matrix"])

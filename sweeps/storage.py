@@ -1,0 +1,253 @@
+"""Where a sweep lives: a directory (local or on a shared filesystem), or a prefix on object storage.
+
+``--storage s3://bucket/prefix`` (or ``gs://...``, or any URI ``pyarrow.fs`` understands) keeps
+the whole sweep under the prefix, so that no node of a cluster needs a shared filesystem:
+
+- Ray Tune gets the URI itself (its experiment state and every trial's task checkpoints);
+- each trial trains in a scratch dir on its own node and uploads its small files (log.txt,
+  params.json, error.json, then result.json last) after every task and at its end;
+- the driver works in a local staging copy of the sweep dir (sweep.json, spec.yaml, the
+  trials' small files, optuna.db, wandb/, report.html) and uploads what it writes;
+  resuming downloads that copy again, everything but Tune's dir and the checkpoints.
+
+Credentials and endpoints come from where the cloud's own tools look (``AWS_ACCESS_KEY_ID``,
+``AWS_PROFILE``, ``AWS_ENDPOINT_URL``, an instance role; ``GOOGLE_APPLICATION_CREDENTIALS``,
+...); nothing here writes them anywhere. The filesystem is resolved from the URI on each
+node, never pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pah.errors import UserError
+
+__all__ = ["is_uri", "join", "check", "resolve", "download", "upload", "exists", "staging_dir", "scratch_dir",
+           "remote_of", "mark_staging", "newest_checkpoints_everywhere", "SKIP_DIRS"]
+
+#: what a staging copy or `pah analyze` never downloads: Tune's own dir and the task checkpoints
+SKIP_DIRS = ("tune", "checkpoint")
+#: in a staging dir: the URI it mirrors (local only, never uploaded)
+MARKER = ".pah-remote"
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_uri(path: str | Path | None) -> bool:
+    """True for ``s3://...``, ``gs://...`` and the like; False for paths (and ``file://`` ones)."""
+    return path is not None and bool(_URI.match(str(path))) and not str(path).startswith("file://")
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def resolve(uri: str, *, quick: bool = False) -> tuple[Any, str]:
+    """(pyarrow filesystem, path inside it) for ``uri``; ``quick``: few retries and short timeouts."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except Exception as e:  # an unknown scheme, a malformed URI
+        raise UserError(f"--storage {uri}: {_cause(e)}") from None
+    if quick and isinstance(fs, pafs.S3FileSystem):
+        # the same options (region, endpoint, credentials as resolved), failing in seconds, not minutes
+        rebuild, (kwargs,) = fs.__reduce__()
+        kwargs.update(connect_timeout=5.0, request_timeout=20.0,
+                      retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
+        fs = rebuild(kwargs)
+    return fs, path
+
+
+def check(uri: str, option: str = "--storage", *, write: bool = True) -> None:
+    """Fail (UserError) unless ``uri`` is writable (``write``) or exists: bucket there, credentials
+    accepted, endpoint reachable; in seconds."""
+    import pyarrow.fs as pafs
+
+    fs, path = resolve(uri, quick=True)
+    bucket = path.split("/", 1)[0]
+    try:
+        info = fs.get_file_info(bucket)
+        if info.type == pafs.FileType.NotFound:
+            raise UserError(f"{option} {uri}: the bucket {bucket!r} does not exist (create it first)")
+        if not write:
+            if fs.get_file_info(path).type == pafs.FileType.NotFound:
+                raise UserError(f"{option} {uri}: nothing there")
+            return
+        probe = f"{path.rstrip('/')}/.pah-write-test"
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{option} {uri}: {_explain(e, uri)}") from None
+
+
+def _cause(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _explain(e: BaseException, uri: str) -> str:
+    text = _cause(e)
+    low = text.lower()
+    if any(s in low for s in ("network_connection", "could not connect", "couldn't connect", "resolve host",
+                              "timed out", "timeout", "curlcode")):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        where = f"the endpoint {endpoint}" if endpoint and uri.startswith("s3") else "the storage endpoint"
+        return f"cannot reach {where} ({text})"
+    hint = _credential_hint(uri)
+    if "access_denied" in low or "accessdenied" in low or "forbidden" in low or "403" in low:
+        return f"access denied: the credentials are missing, wrong or without access to it{hint} ({text})"
+    return f"cannot use it{hint} ({text})"
+
+
+def _credential_hint(uri: str) -> str:
+    """'; no credentials found (...)' when none of the usual sources is set (an instance role may still be)."""
+    home = Path.home()
+    if uri.startswith("s3"):
+        found = any(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                                               "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                                               "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"))
+        found = found or (home / ".aws" / "credentials").exists() or (home / ".aws" / "config").exists()
+        return "" if found else ("; no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                                 "AWS_PROFILE, or give the nodes an instance role")
+    if uri.startswith("gs"):
+        found = bool(os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")) or (
+            home / ".config" / "gcloud" / "application_default_credentials.json").exists()
+        return "" if found else ("; no Google credentials found: set GOOGLE_APPLICATION_CREDENTIALS, run "
+                                 "`gcloud auth application-default login`, or give the nodes a service account")
+    return ""
+
+
+def exists(uri: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _list(fs: Any, path: str) -> list[Any]:
+    import pyarrow.fs as pafs
+
+    sel = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+    return [i for i in fs.get_file_info(sel) if i.type == pafs.FileType.File]
+
+
+def download(uri: str, local: Path, *, skip_dirs: Iterable[str] = SKIP_DIRS,
+             keep: Callable[[str], bool] | None = None) -> int:
+    """Copy the files under ``uri`` into ``local`` (same layout), except those inside a ``skip_dirs``
+    folder or refused by ``keep(relative path)``; returns how many."""
+    fs, root = resolve(uri)
+    root = root.rstrip("/")
+    skip = set(skip_dirs)
+    todo = []
+    for info in _list(fs, root):
+        rel = info.path[len(root) + 1:]
+        parts = rel.split("/")
+        if skip & set(parts[:-1]) or parts[-1].startswith(".pah-") or (keep and not keep(rel)):
+            continue
+        todo.append((info.path, local / rel))
+
+    def get(item: tuple[str, Path]) -> None:
+        src, dst = item
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(dst.name + ".part")
+        with fs.open_input_stream(src) as f, open(tmp, "wb") as out:
+            while chunk := f.read(1 << 20):
+                out.write(chunk)
+        os.replace(tmp, dst)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(get, todo))
+    return len(todo)
+
+
+def upload(local: Path, uri: str, files: Iterable[str] | None = None) -> int:
+    """Copy ``local`` (a file, or the files under a dir, or just ``files`` relative to it) to ``uri``,
+    in the order given (so a file listed last lands last); returns how many."""
+    fs, root = resolve(uri)
+    root = root.rstrip("/")
+    if local.is_file():
+        pairs = [(local, root)]
+    else:
+        rels = list(files) if files is not None else sorted(
+            str(p.relative_to(local)) for p in local.rglob("*") if p.is_file() and not p.name.startswith(".pah-"))
+        pairs = [(local / r, f"{root}/{r}") for r in rels if (local / r).is_file()]
+
+    def put(item: tuple[Path, str]) -> None:
+        src, dst = item
+        with open(src, "rb") as f, fs.open_output_stream(dst) as out:
+            while chunk := f.read(1 << 20):
+                out.write(chunk)
+
+    if files is not None:  # in order
+        for pair in pairs:
+            put(pair)
+    else:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(put, pairs))
+    return len(pairs)
+
+
+def newest_checkpoints_everywhere(exp_uri: str) -> int:
+    """Before a restore: make every ``checkpoint_NNNNNN`` of a trial below its newest a copy of the newest
+    (a server-side copy); returns how many were written.
+
+    Tune's experiment snapshot may name an older checkpoint than the trial reported last, one that
+    ``CheckpointConfig(num_to_keep=1)`` has deleted since (Tune would fail the trial for good), or
+    one still there but older (the trial would train a task again). On a filesystem the trial's
+    own dir holds its newest state (sweeps/snapshot.py); on object storage the trial may restart on
+    another node, so the checkpoint Tune hands it must be the newest one.
+    """
+    fs, root = resolve(exp_uri)
+    root = root.rstrip("/")
+    ckpts: dict[str, dict[int, list[str]]] = {}
+    for info in _list(fs, root):
+        parts = info.path[len(root) + 1:].split("/")
+        if len(parts) >= 3 and re.fullmatch(r"checkpoint_\d{6}", parts[1]):
+            ckpts.setdefault(parts[0], {}).setdefault(int(parts[1][11:]), []).append("/".join(parts[2:]))
+    n = 0
+    for trial, by_idx in ckpts.items():
+        newest = max(by_idx)
+        src = f"{root}/{trial}/checkpoint_{newest:06d}"
+        for i in range(newest):
+            for rel in by_idx[newest]:
+                fs.copy_file(f"{src}/{rel}", f"{root}/{trial}/checkpoint_{i:06d}/{rel}")
+                n += 1
+    return n
+
+
+def _tag(uri: str) -> str:
+    return hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:12]
+
+
+def staging_dir(uri: str) -> Path:
+    """The driver's local copy of the sweep at ``uri``: the same path for the same URI (sweep.json
+    keeps candidate dirs as paths, so a resumed driver finds them where they were)."""
+    return Path(tempfile.gettempdir()) / "pah-sweeps" / _tag(uri) / uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def scratch_dir(sweep_uri: str, phase: str, trial_id: str) -> Path:
+    """Where a trial of the sweep at ``sweep_uri`` trains, on whatever node it runs."""
+    return Path(tempfile.gettempdir()) / "pah-trials" / _tag(sweep_uri) / phase / trial_id
+
+
+def mark_staging(local: Path, uri: str) -> None:
+    local.mkdir(parents=True, exist_ok=True)
+    (local / MARKER).write_text(uri + "\n")
+
+
+def remote_of(sweep_dir: str | Path) -> str | None:
+    """The URI a staging dir mirrors; None for a sweep dir that is the sweep itself."""
+    try:
+        return (Path(sweep_dir) / MARKER).read_text().strip() or None
+    except OSError:
+        return None

@@ -1,0 +1,246 @@
+"""Sweeps on object storage, for real: an S3-compatible server (moto's standalone server) on 127.0.0.1.
+
+The quickstart-like sweep of tests/test_sweep_e2e.py runs with ``--storage s3://BUCKET/sweeps``:
+both phases, its driver killed mid-search and resumed with ``--resume s3://...`` (no finished
+trial trained again), then ``pah analyze s3://...`` gives the table it gives for a local copy.
+And the errors: no bucket, no credentials, wrong credentials, no endpoint: one line, exit 2,
+nothing started (and no local folder named ``s3:``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray.tune")
+pytest.importorskip("optuna")
+pytest.importorskip("moto")
+pafs = pytest.importorskip("pyarrow.fs")
+
+from test_sweep_e2e import Sweep, _env, _write_spec  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "pah-sweeps"
+KEY_ID, SECRET = "AKIAPAHTEST000000000", "pah-s3-secret-0123456789abcdef"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _moto(tmp: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    server = Path(sys.executable).with_name("moto_server")
+    cmd = [str(server)] if server.exists() else [sys.executable, "-m", "moto.server"]
+    proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(port)], stdout=open(tmp / f"moto-{port}.log", "w"),
+                            stderr=subprocess.STDOUT, env={**os.environ, **env})
+    for _ in range(200):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"http://127.0.0.1:{port}"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"moto_server did not start: {(tmp / f'moto-{port}.log').read_text()}")
+
+
+def _s3_env(endpoint: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in _env().items() if not k.startswith("AWS_")}
+    env.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET,
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", **extra})
+    return env
+
+
+def _fs(endpoint: str, **kw) -> pafs.S3FileSystem:
+    return pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", region="us-east-1", **kw)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """(endpoint, filesystem) of a moto server with the bucket BUCKET."""
+    tmp = tmp_path_factory.mktemp("moto")
+    proc, endpoint = _moto(tmp)
+    try:
+        fs = _fs(endpoint, access_key=KEY_ID, secret_key=SECRET, allow_bucket_creation=True)
+        fs.create_dir(BUCKET)
+        yield endpoint, fs
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _files(fs, prefix: str) -> dict[str, int]:
+    sel = pafs.FileSelector(prefix, recursive=True, allow_not_found=True)
+    return {i.path[len(prefix) + 1:]: i.size for i in fs.get_file_info(sel) if i.type == pafs.FileType.File}
+
+
+def _read(fs, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _log_lines(fs, path: str) -> list[str]:
+    try:
+        return _read(fs, path).decode().splitlines()
+    except OSError:
+        return []
+
+
+def _pah(*args: str, env: dict[str, str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pah", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# --------------------------------------------------------------------------- the sweep, killed and resumed
+
+
+def test_sweep_on_s3_killed_driver_resume_and_analyze(tmp_path, s3):
+    endpoint, fs = s3
+    (tmp_path / "tmp").mkdir()
+    env = _s3_env(endpoint, TMPDIR=str(tmp_path / "tmp"))  # the driver's staging copy, the trials' scratch dirs
+    spec = _write_spec(
+        tmp_path / "s3q.yaml",
+        set={"train.epochs_per_task": 2},
+        space={"train.lr": {"loguniform": [0.001, 0.005]}},
+        searcher="optuna-tpe", num_samples=3, scheduler="none",
+        confirm={"top_k": 1, "seeds": [0, 1]}, wandb=True,
+    )
+    uri = f"s3://{BUCKET}/sweeps/kd"
+    prefix = f"{BUCKET}/sweeps/kd"
+    run = Sweep([str(spec), "--storage", f"s3://{BUCKET}/sweeps", "--name", "kd"], tmp_path, tmp_path / "out1.txt",
+                env=env)
+
+    def trial_ids() -> set[str]:
+        return {rel.split("/")[2] for rel in _files(fs, prefix) if rel.startswith("trials/search/")}
+
+    def known_to_tune(tid: str) -> bool:  # in the experiment state a restore starts from
+        return any(tid.encode() in _read(fs, f"{prefix}/tune/search/{rel}")
+                   for rel in _files(fs, f"{prefix}/tune/search") if rel.startswith("experiment_state-"))
+
+    def mid_sweep():
+        files = _files(fs, prefix)
+        ids = trial_ids()
+        done = {t for t in ids if f"trials/search/{t}/result.json" in files}
+        busy = {t for t in ids - done
+                if any("trained task" in ln for ln in _log_lines(fs, f"{prefix}/trials/search/{t}/log.txt"))
+                and known_to_tune(t)}
+        return (done, busy) if done and busy else None
+
+    t0 = time.monotonic()
+    got = None
+    while time.monotonic() - t0 < 150 and run.proc.poll() is None and not (got := mid_sweep()):
+        time.sleep(0.2)
+    if not got:
+        run.close()
+        pytest.fail(f"never saw one finished and one half-trained trial:\n{run.log.read_text()[-4000:]}")
+    done, busy = got
+    run.kill_driver()
+    time.sleep(0.5)
+    run.close()
+    out1 = run.log.read_text()
+    assert out1.splitlines()[0] == f"sweep: {uri}", out1[:2000]
+    assert not (tmp_path / "s3:").exists() and not (tmp_path / "kd").exists()  # nothing in a local folder
+    before = {t: len(_log_lines(fs, f"{prefix}/trials/search/{t}/log.txt")) for t in trial_ids()
+              if f"trials/search/{t}/result.json" in _files(fs, prefix)}
+    assert before and len(before) < 3
+    t_resume = time.monotonic()
+
+    resume = Sweep(["--resume", uri], tmp_path, tmp_path / "out2.txt", env=env)
+    rc, out = resume.wait(timeout=200)
+    assert rc == 0, out[-4000:]
+    resumed_s = time.monotonic() - t_resume
+    assert out.splitlines()[0] == f"sweep: {uri}"
+    assert f"restoring {uri}/tune/search" in out and " ERROR " not in out and "seed-averaged" in out
+
+    files = _files(fs, prefix)
+    # everything under the prefix: state, spec, trials, task checkpoints (Tune's), study, W&B runs, report
+    for name in ("sweep.json", "spec.yaml", "optuna.db", "report.html"):
+        assert name in files, sorted(files)
+    state = json.loads(_read(fs, f"{prefix}/sweep.json"))
+    assert state["phases"]["search"]["done"] and state["phases"]["confirm"]["done"]
+    assert state["phases"]["search"]["path"] == f"{uri}/tune/search"
+    search = {rel.split("/")[2] for rel in files if rel.startswith("trials/search/") and rel.endswith("/result.json")}
+    confirm = {rel.split("/")[2] for rel in files if rel.startswith("trials/confirm/") and rel.endswith("/result.json")}
+    assert len(search) == 3 and confirm
+    assert any(rel.startswith("tune/search/") and "/checkpoint_" in rel for rel in files)
+    assert any(rel.startswith("wandb/offline-run-") and rel.endswith(".wandb") for rel in files)
+    for t, n in before.items():  # finished before the kill: not one task trained again
+        new = _log_lines(fs, f"{prefix}/trials/search/{t}/log.txt")[n:]
+        assert not [ln for ln in new if "trained task" in ln], (t, new)
+    for t in busy - set(before):  # resumed from its task checkpoint (from the bucket), not from scratch
+        starts = [ln for ln in _log_lines(fs, f"{prefix}/trials/search/{t}/log.txt") if " start " in ln]
+        assert len(starts) >= 2 and int(starts[-1].split("tasks_done=")[1].split()[0]) >= 1, starts
+    for rel in files:  # the credentials never reach a file
+        assert SECRET.encode() not in _read(fs, f"{prefix}/{rel}"), rel
+
+    # pah analyze on the URI: the table of a local copy
+    local = tmp_path / "copy" / "kd"
+    pafs.copy_files(prefix, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    t_an = time.monotonic()
+    remote_an = _pah("analyze", uri, env=env, cwd=tmp_path)
+    analyze_s = time.monotonic() - t_an
+    local_an = _pah("analyze", str(local), env=env, cwd=tmp_path)
+    assert remote_an.returncode == 0 and local_an.returncode == 0, remote_an.stderr + local_an.stderr
+    assert remote_an.stdout == local_an.stdout and state["base"]["config_id"] in remote_an.stdout
+    print(f"resume {resumed_s:.1f} s, analyze {analyze_s:.1f} s")
+
+
+# --------------------------------------------------------------------------- errors, before anything starts
+
+
+def test_storage_errors_are_one_line_and_exit_2(tmp_path, s3):
+    endpoint, _ = s3
+    # a second server that checks credentials once its first few requests (which create the bucket) are spent
+    proc, auth_endpoint = _moto(tmp_path, INITIAL_NO_AUTH_ACTION_COUNT="3")
+    try:
+        _fs(auth_endpoint, access_key=KEY_ID, secret_key=SECRET, allow_bucket_creation=True).create_dir(BUCKET)
+        wrong = _fs(auth_endpoint, access_key="AKIAWRONG", secret_key="x",
+                    retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
+        for _ in range(5):  # spend what is left of the unauthenticated requests
+            try:
+                wrong.get_file_info(BUCKET)
+            except OSError:
+                break
+        else:
+            pytest.fail("moto_server does not check credentials")
+        no_creds = {k: v for k, v in _s3_env(auth_endpoint, HOME=str(tmp_path)).items()
+                    if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        cases = {
+            "no bucket": (["sweep", "quickstart", "--storage", "s3://no-such-bucket/x"], _s3_env(endpoint),
+                          "the bucket 'no-such-bucket' does not exist"),
+            "no endpoint": (["sweep", "quickstart", "--storage", f"s3://{BUCKET}/x"],
+                            _s3_env(f"http://127.0.0.1:{_free_port()}"), "cannot reach the endpoint http://127.0.0.1:"),
+            "no credentials": (["sweep", "quickstart", "--storage", f"s3://{BUCKET}/x"], no_creds,
+                               "no AWS credentials found"),
+            "wrong credentials": (["sweep", "quickstart", "--storage", f"s3://{BUCKET}/x"],
+                                  _s3_env(auth_endpoint, AWS_ACCESS_KEY_ID="AKIAWRONG"), "access denied"),
+            "resume, not a sweep": (["sweep", "--resume", f"s3://{BUCKET}/nothing"], _s3_env(endpoint),
+                                    "not a sweep (no sweep.json there"),
+            "analyze, no bucket": (["analyze", "s3://no-such-bucket/x"], _s3_env(endpoint),
+                                   "the bucket 'no-such-bucket' does not exist"),
+        }
+        procs = {name: subprocess.Popen([sys.executable, "-m", "pah", *args], env=env, cwd=tmp_path, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for name, (args, env, _) in cases.items()}
+        for name, p in procs.items():
+            out, err = p.communicate(timeout=120)
+            uri = next(a for a in cases[name][0] if a.startswith("s3://"))
+            lines = err.strip().splitlines()
+            assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (name, err)
+            assert uri in lines[0] and cases[name][2] in lines[0], (name, lines[0])
+            assert "sweep:" not in out, (name, out)  # before the sweep opened, so before any trial
+        assert not (tmp_path / "s3:").exists()  # the old bug: a local folder named "s3:"
+    finally:
+        proc.kill()
+        proc.wait()
