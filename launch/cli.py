@@ -50,8 +50,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                        description="Submit the sweep as one SLURM job: a Ray cluster across the allocation, the "
                                    "sweep driver on its head. Prints job: ID and sweep: DIR. See docs/slurm.md.")
     sweep_args(s)
-    s.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, metavar="DIR",
-                   help=f"shared-filesystem folder for sweeps and job logs (default {DEFAULT_STORAGE})")
+    s.add_argument("--storage", default=str(DEFAULT_STORAGE), metavar="DIR",
+                   help=f"shared-filesystem folder for sweeps and job logs (default {DEFAULT_STORAGE}), or a bucket "
+                        f"prefix s3://BUCKET/PREFIX, gs://... for the sweeps (the job logs then go to {DEFAULT_STORAGE})")
     s.add_argument("--partition", metavar="P", help="SLURM partition (default: the cluster's default)")
     s.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes, one Ray node each (default 1)")
     s.add_argument("--tasks-per-node", type=int, default=1,
@@ -131,7 +132,15 @@ def _run_slurm(args: argparse.Namespace) -> int:
     given = {k: v for k, v in (("cpus_per_task", args.cpus_per_task), ("gpus_per_node", args.gpus_per_node),
                                 ("time_min", args.time)) if v is not None}
     SlurmResources(nodes=args.nodes, tasks_per_node=args.tasks_per_node, mem_gb=args.mem_gb, **given)
-    check_output_dir(args.storage, "--storage")
+    from sweeps import storage as object_storage
+
+    if object_storage.is_uri(args.storage):  # the sweep in a bucket; submitit's job files still need a shared folder
+        if args.probe:
+            raise UserError("--probe writes probe.json in a shared folder: give --storage DIR, not a URI")
+        object_storage.check(args.storage)  # exit 2 before submitting: no bucket, no access, no endpoint
+        launch_root = check_output_dir(DEFAULT_STORAGE, "--storage").expanduser().resolve()
+    else:
+        launch_root = check_output_dir(args.storage, "--storage").expanduser().resolve()
     # GPUs asked for the site's own way (--sbatch gres=gpu:a100:4) are left to SLURM as they are
     own_gpus = args.gpus_per_node is None and any(
         k.replace("_", "-") in ("gres", "gpus", "gpus-per-node", "gpus-per-task") for k, _ in args.sbatch)
@@ -150,16 +159,16 @@ def _run_slurm(args: argparse.Namespace) -> int:
         mem_gb=args.mem_gb, account=args.account, qos=args.qos, constraint=args.constraint,
         sbatch=dict(args.sbatch),
     )
-    storage = args.storage.expanduser().resolve()
+    storage = args.storage.rstrip("/") if object_storage.is_uri(args.storage) else str(launch_root)
     if args.probe:
-        target, kwargs = "launch.probe:probe", {"storage": str(storage), "name": name}
+        target, kwargs = "launch.probe:probe", {"storage": storage, "name": name}
     else:
         target = "launch.entry:run_sweep"
-        kwargs = {"spec": spec, "overrides": list(args.overrides), "storage": str(storage), "name": name}
-    sub = submit(target, kwargs, resources=resources, launch_dir=storage / f"{name}.slurm",
+        kwargs = {"spec": spec, "overrides": list(args.overrides), "storage": storage, "name": name}
+    sub = submit(target, kwargs, resources=resources, launch_dir=launch_root / f"{name}.slurm",
                  job_name=f"pah-{name}", dashboard=args.dashboard)
     print(f"job: {sub.job_id}")
-    print(f"sweep: {storage / name}")
+    print(f"sweep: {storage}/{name}")
     print(f"resources: {request.note}")
     print(f"log: {sub.stdout}")
     print(f"err: {sub.stderr}")

@@ -537,6 +537,8 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
         ]
         if not remote:  # an object store replaces each object whole: no half-written snapshot to guard against
             callbacks.append(SnapshotGuard(str(exp_path)))
+        else:  # the driver's own files (W&B runs, the Optuna copy) reach the bucket while the phase runs
+            callbacks.append(_uploads_cls()(str(sweep_dir), remote))
         callbacks += _wandb_callback(spec, sweep_dir, candidates)
         search_alg = _searcher(spec, base_cfg.seed, point, sweep_dir / "optuna.db") if search else None
         tuner = tune.Tuner(
@@ -589,6 +591,19 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
     _save(sweep_dir, state)
     if progress:
         print(f"[{phase}] finished: {len(grid)} trials, {len(errored)} errored", flush=True)
+
+
+def _uploads_cls():
+    from ray.tune import Callback
+
+    class Uploads(Callback):
+        def __init__(self, local: str, uri: str) -> None:
+            self.mirror = storage_mod.Mirror(local, uri, ("wandb", "optuna.db"))
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            self.mirror.maybe_sync()
+
+    return Uploads
 
 
 def _base_line(spec: Spec, base: dict[str, Any] | None) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 from pah.errors import UserError
 
 __all__ = ["is_uri", "join", "check", "resolve", "download", "upload", "exists", "staging_dir", "scratch_dir",
-           "remote_of", "mark_staging", "newest_checkpoints_everywhere", "SKIP_DIRS"]
+           "remote_of", "mark_staging", "newest_checkpoints_everywhere", "Mirror", "SKIP_DIRS"]
 
 #: what a staging copy or `pah analyze` never downloads: Tune's own dir and the task checkpoints
 SKIP_DIRS = ("tune", "checkpoint")
@@ -223,6 +223,41 @@ def newest_checkpoints_everywhere(exp_uri: str) -> int:
                 fs.copy_file(f"{src}/{rel}", f"{root}/{trial}/checkpoint_{i:06d}/{rel}")
                 n += 1
     return n
+
+
+class Mirror:
+    """Uploads what changed (size or mtime) in some files and folders of a staging dir, at most every
+    ``every_s`` seconds: the driver's W&B runs and Optuna copy reach the bucket while a phase runs, so
+    a driver killed mid-phase loses at most that much of them. Picklable (Tune keeps its callbacks)."""
+
+    def __init__(self, local: str, uri: str, paths: tuple[str, ...], every_s: float = 30.0) -> None:
+        self.local, self.uri, self.paths, self.every_s = local, uri, paths, every_s
+        self._sent: dict[str, tuple[int, int]] = {}
+        self._last = 0.0
+
+    def maybe_sync(self, *, force: bool = False) -> None:
+        import time
+
+        if not force and time.monotonic() - self._last < self.every_s:
+            return
+        self._last = time.monotonic()
+        root = Path(self.local)
+        changed = []
+        for rel in self.paths:
+            p = root / rel
+            for f in ([p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else []):
+                st = f.stat()
+                key = str(f.relative_to(root))
+                if self._sent.get(key) != (st.st_size, st.st_mtime_ns):
+                    changed.append(key)
+                    self._sent[key] = (st.st_size, st.st_mtime_ns)
+        if changed:
+            try:
+                upload(root, self.uri, changed)
+            except OSError as e:  # the next sync (or the phase's end) tries again
+                for key in changed:
+                    self._sent.pop(key, None)
+                print(f"note: could not upload to {self.uri} ({_cause(e)})", flush=True)
 
 
 def _tag(uri: str) -> str:

@@ -107,7 +107,7 @@ def test_kuberay_manifest_is_a_valid_raycluster():
 
     docs = list(yaml.safe_load_all((TEMPLATES / "kuberay.yaml").read_text()))
     kinds = {d["kind"]: d for d in docs}
-    assert set(kinds) == {"RayCluster", "PersistentVolumeClaim"}
+    assert set(kinds) == {"RayCluster", "ServiceAccount"}
     cr = kinds["RayCluster"]
     assert cr["apiVersion"] == "ray.io/v1" and cr["metadata"]["annotations"]["ray.io/overwrite-container-cmd"] == "true"
     pods = [cr["spec"]["headGroupSpec"]["template"]] + [g["template"] for g in cr["spec"]["workerGroupSpecs"]]
@@ -115,8 +115,7 @@ def test_kuberay_manifest_is_a_valid_raycluster():
         (c,) = pod["spec"]["containers"]
         assert "$PAH_PIP_SPEC" in c["args"][0] and "$KUBERAY_GEN_RAY_START_CMD" in c["args"][0]
         assert any(e["name"] == "PAH_PIP_SPEC" and "pah[sweep]" in e["value"] for e in c["env"])
-        assert {"name": "storage", "mountPath": "/data"} in c["volumeMounts"]
-        assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == kinds["PersistentVolumeClaim"]["metadata"]["name"]
+        assert pod["spec"]["serviceAccountName"] == kinds["ServiceAccount"]["metadata"]["name"]  # the bucket's credentials
     # Ray's own translation of a RayCluster into an autoscaling config, then its schema check
     cr = copy.deepcopy(cr)
     cr["metadata"]["namespace"] = "default"
