@@ -16,6 +16,9 @@ every (re)start. It is idempotent on its sweep directory:
     SWEEP/wandb/                  offline W&B runs (sync with `wandb sync SWEEP/wandb/offline-run-*`)
     SWEEP/report.html             the self-contained report, written when the sweep ends
 
+With ``storage="s3://BUCKET/PREFIX"`` (any pyarrow URI) the same layout lives under the prefix and
+``sweep_dir`` is the driver's local staging copy of it (see sweeps/storage.py and docs/storage.md).
+
 The base config (the spec's preset plus ``set``) is a candidate like any other: it is the
 search phase's first trial (its values for the searched keys that lie in the space), and the
 confirm phase runs it over the confirm seeds next to the top-K, so that the final table says

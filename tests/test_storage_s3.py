@@ -111,7 +111,7 @@ def test_sweep_on_s3_killed_driver_resume_and_analyze(tmp_path, s3):
     env = _s3_env(endpoint, TMPDIR=str(tmp_path / "tmp"))  # the driver's staging copy, the trials' scratch dirs
     spec = _write_spec(
         tmp_path / "s3q.yaml",
-        set={"train.epochs_per_task": 2},
+        set={"train.epochs_per_task": 1},
         space={"train.lr": {"loguniform": [0.001, 0.005]}},
         searcher="optuna-tpe", num_samples=3, scheduler="none",
         confirm={"top_k": 1, "seeds": [0, 1]}, wandb=True,
@@ -229,6 +229,8 @@ def test_storage_errors_are_one_line_and_exit_2(tmp_path, s3):
                                     "not a sweep (no sweep.json there"),
             "analyze, no bucket": (["analyze", "s3://no-such-bucket/x"], _s3_env(endpoint),
                                    "the bucket 'no-such-bucket' does not exist"),
+            "launch slurm, no bucket": (["launch", "slurm", "quickstart", "--storage", "s3://no-such-bucket/x"],
+                                        _s3_env(endpoint), "the bucket 'no-such-bucket' does not exist"),
         }
         procs = {name: subprocess.Popen([sys.executable, "-m", "pah", *args], env=env, cwd=tmp_path, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
