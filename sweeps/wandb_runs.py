@@ -142,7 +142,7 @@ class ReplayingWandbActor(_WandbLoggingActor):
         earlier = self._earlier_runs()  # before init creates this run's own directory
         run = self._wandb.init(*self.args, settings=settings, **self.kwargs)
         run.config.trial_log_path = self._logdir
-        last = -1
+        last = 0  # steps are tasks_completed: 1, 2, ...
         for row in rows:  # what the earlier run(s) of this trial logged, in the order logged
             step = row.pop("_step")
             if step > last:
@@ -161,13 +161,22 @@ class ReplayingWandbActor(_WandbLoggingActor):
                 log, config_update = self._handle_result(item_content)
                 step = int(log.get("tasks_completed", log.get("training_iteration", last + 1)))
                 self._wandb.config.update(config_update, allow_val_change=True)
+                if step > last + 1:  # a report lost with a killed trial process: rebuild it
+                    for row in self._rows_from_checkpoint():
+                        if last < row["_step"] < step:
+                            self._log(journal, row.pop("_step"), row)
+                            last = max(last, row["tasks_completed"])
                 if step > last:  # a task trained again after a restart is logged once
-                    if journal is not None:  # first to our journal: a kill cannot lose it
-                        journal.write(json.dumps({"_step": step, **log}, default=str) + "\n")
-                        journal.flush()
-                    self._wandb.log(log, step=step)
+                    self._log(journal, step, log)
                     last = step
         self._wandb.finish()
+
+    def _log(self, journal, step: int, row: dict[str, Any]) -> None:
+        """To the journal first (a flushed line: a kill cannot lose it), then to W&B."""
+        if journal is not None:
+            journal.write(json.dumps({"_step": step, **row}, default=str) + "\n")
+            journal.flush()
+        self._wandb.log(row, step=step)
 
     def _rows_path(self) -> Path | None:
         run_id, root = self.kwargs.get("id"), self.kwargs.get("dir")

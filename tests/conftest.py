@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,37 @@ def run_pah(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return subprocess.run(
         [sys.executable, "-m", "pah", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def check_wandb_runs(sweep: Path, phase: str) -> int:
+    """Every trial of ``phase`` has one complete offline W&B run: config, one history row per
+    task it trained, summary, exit record. Read back with W&B's own record format. Returns how
+    many runs were checked."""
+    from sweeps.wandb_runs import config_of, history_rows, is_finished, summary_of
+
+    # a trial dir with neither is an orphan of a killed driver (see the killed-driver test)
+    trials = sorted(d for d in (sweep / "trials" / phase).iterdir()
+                    if (d / "result.json").exists() or (d / "stopped.json").exists())
+    for d in trials:
+        tid = d.name
+        files = list((sweep / "wandb").glob(f"offline-run-*-{tid}/run-{tid}.wandb"))
+        assert len(files) == 1, (tid, files)  # replaced earlier runs of a restored trial are renamed
+        f = files[0]
+        assert is_finished(f), f"{f} has no exit record ({f.stat().st_size} bytes)"
+        params = json.loads((d / "params.json").read_text())
+        config = config_of(f)
+        assert {k: config.get(k) for k in params["params"]} == params["params"] and config["seed"] == params["seed"]
+        if (d / "result.json").exists():
+            result = json.loads((d / "result.json").read_text())
+            tasks = len(result["acc_matrix"])
+            assert config["config_id"] == result["config_id"]
+            summary = summary_of(f)
+            for m in ("avg_acc", "forgetting", "bwt"):
+                assert summary[m] == pytest.approx(result["metrics"][m]), (f, m)
+        else:  # stopped by ASHA: the tasks it trained
+            tasks = json.loads((d / "stopped.json").read_text())["tasks_completed"]
+        assert [r["tasks_completed"] for r in history_rows(f)] == list(range(1, tasks + 1)), f
+    return len(trials)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_pah
+from conftest import check_wandb_runs, run_pah
 
 pytestmark = [
     pytest.mark.slurm,
@@ -149,6 +149,8 @@ def test_quickstart_sweep_survives_scontrol_requeue(tmp_path):
         assert not [ln for ln in added if "trained task" in ln], f"{trial.name} trained again: {added}"
         assert all("finished" in ln for ln in added), added
         assert (trial / "result.json").stat().st_mtime_ns == mtime
+    # W&B: every trial's offline run complete (config, a row per task, summary), across the requeue
+    assert check_wandb_runs(sweep, "search") >= 1 and check_wandb_runs(sweep, "confirm") == len(confirm)
     print(f"requeue test: {time.monotonic() - t0:.0f} s (requeue after {t_requeue - t0:.0f} s)")
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import check_wandb_runs
+
 pytest.importorskip("ray.tune")
 pytest.importorskip("optuna")
 
@@ -122,37 +124,6 @@ def _log_lines(trial: Path) -> list[str]:
     return (trial / "log.txt").read_text().splitlines() if (trial / "log.txt").exists() else []
 
 
-def _check_wandb_runs(sweep: Path, phase: str) -> int:
-    """Every trial of ``phase`` has one complete offline W&B run: config, one history row per
-    task it trained, summary, exit record. Read back with W&B's own record format. Returns how
-    many runs were checked."""
-    from sweeps.wandb_runs import config_of, history_rows, is_finished, summary_of
-
-    # a trial dir with neither is an orphan of a killed driver (see the killed-driver test)
-    trials = sorted(d for d in (sweep / "trials" / phase).iterdir()
-                    if (d / "result.json").exists() or (d / "stopped.json").exists())
-    for d in trials:
-        tid = d.name
-        files = list((sweep / "wandb").glob(f"offline-run-*-{tid}/run-{tid}.wandb"))
-        assert len(files) == 1, (tid, files)  # replaced earlier runs of a restored trial are renamed
-        f = files[0]
-        assert is_finished(f), f"{f} has no exit record ({f.stat().st_size} bytes)"
-        params = json.loads((d / "params.json").read_text())
-        config = config_of(f)
-        assert {k: config.get(k) for k in params["params"]} == params["params"] and config["seed"] == params["seed"]
-        if (d / "result.json").exists():
-            result = json.loads((d / "result.json").read_text())
-            tasks = len(result["acc_matrix"])
-            assert config["config_id"] == result["config_id"]
-            summary = summary_of(f)
-            for m in ("avg_acc", "forgetting", "bwt"):
-                assert summary[m] == pytest.approx(result["metrics"][m]), (f, m)
-        else:  # stopped by ASHA: the tasks it trained
-            tasks = json.loads((d / "stopped.json").read_text())["tasks_completed"]
-        assert [r["tasks_completed"] for r in history_rows(f)] == list(range(1, tasks + 1)), f
-    return len(trials)
-
-
 def _in_optuna_db(sweep: Path) -> list[str]:
     """Tune trial ids of the trials in SWEEP/optuna.db (read as optuna-dashboard would, while it is written)."""
     if not (sweep / "optuna.db").exists():
@@ -226,7 +197,7 @@ def test_quickstart_end_to_end(tmp_path):
     assert (sweep / "optuna.db").exists()
 
     # W&B: one complete offline run per trial in the sweep dir; the API key never reaches a file
-    assert _check_wandb_runs(sweep, "search") + _check_wandb_runs(sweep, "confirm") == len(
+    assert check_wandb_runs(sweep, "search") + check_wandb_runs(sweep, "confirm") == len(
         list((sweep / "wandb").glob("offline-run-*")))
     for tid, r in confirm.items():  # grouped by config_id, so W&B groups the seeds of a config
         run_file = next((sweep / "wandb").glob(f"offline-run-*-{tid}/run-{tid}.wandb"))
@@ -244,7 +215,7 @@ def test_killed_worker_resumes_from_its_task_checkpoint(tmp_path):
         tmp_path / "one.yaml",
         set={"train.epochs_per_task": 4, "seed": 0},
         space={"train.lr": {"choice": [0.002]}},
-        searcher="random", num_samples=1, scheduler="none", max_failures=2,
+        searcher="random", num_samples=1, scheduler="none", max_failures=2, wandb={"mode": "offline"},
     )
     run = Sweep([str(spec), "--storage", str(tmp_path), "--name", "kw"], tmp_path, tmp_path / "out.txt")
     sweep = tmp_path / "kw"
@@ -283,6 +254,7 @@ def test_killed_worker_resumes_from_its_task_checkpoint(tmp_path):
     expected = json.loads((ref / "result.json").read_text())
     assert result["config_id"] == expected["config_id"] and result["seed"] == expected["seed"] == 0
     assert result["acc_matrix"] == expected["acc_matrix"]
+    assert check_wandb_runs(sweep, "search") == 1  # one run, every task once, across the kill
 
 
 # --------------------------------------------------------------------------- a killed driver, then --resume
@@ -370,7 +342,7 @@ def test_killed_driver_then_resume_finishes_without_retraining(tmp_path):
     assert len(ids) == len(set(ids)) and set(search) <= set(ids)  # each trial once, after a restore told it again
 
     # W&B: the runs the kill cut short were completed on resume (their earlier rows replayed)
-    assert _check_wandb_runs(sweep, "search") == 4 and _check_wandb_runs(sweep, "confirm") == len(confirm)
+    assert check_wandb_runs(sweep, "search") == 4 and check_wandb_runs(sweep, "confirm") == len(confirm)
 
 
 # --------------------------------------------------------------------------- a non-finite loss
