@@ -238,9 +238,9 @@ class Mirror:
     def maybe_sync(self, *, force: bool = False) -> None:
         import time
 
-        if not force and time.monotonic() - self._last < self.every_s:
+        if not force and abs(time.time() - self._last) < self.every_s:  # wall time: it is pickled with Tune's state
             return
-        self._last = time.monotonic()
+        self._last = time.time()
         root = Path(self.local)
         changed = []
         for rel in self.paths:
