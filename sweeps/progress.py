@@ -131,6 +131,9 @@ class ConciseProgress(Callback):
         """Trials ended of all, running, still to start, best so far, rate and ETA."""
         now = time.monotonic() if now is None else now
         status = [t.status for t in trials]
+        for t, st in zip(trials, status, strict=True):  # a restored phase's best too (this callback starts afresh)
+            if st == "TERMINATED":
+                self._update_best(t, t.last_result or {})
         running = status.count("RUNNING")
         errored = status.count("ERROR")
         ended = [t for t, s in zip(trials, status, strict=True) if s == "TERMINATED"]
@@ -187,7 +190,8 @@ class ConciseProgress(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}
-        best = self._update_best(trial, r)
+        self._update_best(trial, r)  # Tune passed this result to on_trial_result already
+        best = self._best is not None and self._best[1] == trial.trial_id
         stopped = mark_stopped(self._dir(trial), r, by=self.scheduler, metric=self.metric)
         if not self._per_trial():
             if best:

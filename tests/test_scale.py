@@ -78,6 +78,7 @@ def test_progress_summarises_large_phases(tmp_path, capsys, total):
     for tid, r in ends:
         t = next(t for t in trials if t.trial_id == tid)
         t.last_result = r
+        p.on_trial_result(0, trials, t, r)  # as Tune does: the last result, then the end
         p.on_trial_complete(0, trials, t)
         t.status = "TERMINATED"
     p._t0 -= 60  # a minute into the phase: 3 trials a minute
@@ -93,5 +94,7 @@ def test_progress_summarises_large_phases(tmp_path, capsys, total):
         assert out.strip().splitlines()[-1].endswith(status)
     assert re.match(rf"3/{total} trials ended \(2 finished, 1 stopped early, 0 errored\), 0 running, "
                     rf"{total - 3} to start \| best val_avg_acc 0.9000 \(t2\) \| 3.0 trials/min, ETA ", status), status
+    restored = ConciseProgress("search", "val_avg_acc", "max", sweep_dir=str(tmp_path), total=total)
+    assert "best val_avg_acc 0.9000 (t2)" in restored.status(trials)  # a resumed phase knows its best
     with pytest.raises(ValueError, match="verbosity"):
         ConciseProgress("search", "m", "max", sweep_dir=str(tmp_path), verbosity="loud")
