@@ -134,10 +134,6 @@ class ReplayingWandbActor(_WandbLoggingActor):
         rows = _read_rows(rows_path) if rows_path else []
         if rows_path:  # whole lines only, before this run appends to it
             atomic_write_bytes(rows_path, "".join(json.dumps(r) + "\n" for r in rows).encode())
-        logged = {r["_step"] for r in rows}
-        # tasks the trial finished that no earlier run logged (a driver killed before its logger
-        # caught up): their metrics, rebuilt from the accuracy matrices in the trial's checkpoint
-        rows += [r for r in self._rows_from_checkpoint() if r["_step"] not in logged]
         rows.sort(key=lambda r: r["_step"])
         earlier = self._earlier_runs()  # before init creates this run's own directory
         run = self._wandb.init(*self.args, settings=settings, **self.kwargs)
@@ -161,7 +157,10 @@ class ReplayingWandbActor(_WandbLoggingActor):
                 log, config_update = self._handle_result(item_content)
                 step = int(log.get("tasks_completed", log.get("training_iteration", last + 1)))
                 self._wandb.config.update(config_update, allow_val_change=True)
-                if step > last + 1:  # a report lost with a killed trial process: rebuild it
+                # Tasks no run logged (a report lost with a killed trial process, or a driver
+                # killed before its logger caught up; the trial resumes after them): their rows,
+                # rebuilt from the accuracy matrices in the trial's checkpoint.
+                if step > last + 1:
                     for row in self._rows_from_checkpoint():
                         if last < row["_step"] < step:
                             self._log(journal, row.pop("_step"), row)
