@@ -191,6 +191,9 @@ def _open_remote(uri: str, spec_obj: Spec | None) -> tuple[Path, Spec, dict[str,
     storage_mod.download(uri, local)
     if (local / STATE).is_file():  # a resume, or a requeued job calling us again
         loaded = _load_state(local)
+        for c in loaded[2]["phases"]["confirm"].get("candidates") or []:  # staged elsewhere ($TMPDIR) before?
+            if c.get("dir"):
+                c["dir"] = str(local / "trials" / "search" / Path(c["dir"]).name)
         if spec_obj is not None and loaded[2]["spec"] != spec_obj.to_dict():
             print(f"note: {uri} holds a sweep of another spec; continuing it with its saved spec",
                   file=sys.stderr, flush=True)

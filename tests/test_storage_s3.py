@@ -156,7 +156,10 @@ def test_sweep_on_s3_killed_driver_resume_and_analyze(tmp_path, s3):
     assert before and len(before) < 3
     t_resume = time.monotonic()
 
-    resume = Sweep(["--resume", uri], tmp_path, tmp_path / "out2.txt", env=env)
+    # resumed as on another machine: a fresh staging copy and fresh trial scratch dirs (another $TMPDIR),
+    # so the driver has only the bucket, and an unfinished trial only its checkpoint there
+    (tmp_path / "tmp2").mkdir()
+    resume = Sweep(["--resume", uri], tmp_path, tmp_path / "out2.txt", env={**env, "TMPDIR": str(tmp_path / "tmp2")})
     rc, out = resume.wait(timeout=200)
     assert rc == 0, out[-4000:]
     resumed_s = time.monotonic() - t_resume
@@ -173,6 +176,10 @@ def test_sweep_on_s3_killed_driver_resume_and_analyze(tmp_path, s3):
     search = {rel.split("/")[2] for rel in files if rel.startswith("trials/search/") and rel.endswith("/result.json")}
     confirm = {rel.split("/")[2] for rel in files if rel.startswith("trials/confirm/") and rel.endswith("/result.json")}
     assert len(search) == 3 and confirm
+    # the confirm phase reused the search seed of the candidates that finished it (staged on the first machine)
+    cands = state["phases"]["confirm"]["candidates"]
+    assert all(c["dir"].startswith(str(tmp_path / "tmp2")) for c in cands if c["dir"])
+    assert "seed-averaged" in out and all(c["config_id"] in out[out.index("seed-averaged"):] for c in cands)
     assert any(rel.startswith("tune/search/") and "/checkpoint_" in rel for rel in files)
     assert any(rel.startswith("wandb/offline-run-") and rel.endswith(".wandb") for rel in files)
     for t, n in before.items():  # finished before the kill: not one task trained again
