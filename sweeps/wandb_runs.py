@@ -2,9 +2,14 @@
 history and its summary when ``pah sweep`` returns, after a resume as after a clean run.
 
 Ray's ``WandbLoggerCallback`` logs each trial from a logging actor (a process of its own) that
-runs ``wandb.init``, logs what the driver queues and calls ``wandb.finish``. Two ways it lost
+runs ``wandb.init``, logs what the driver queues and calls ``wandb.finish``. Three ways it lost
 data, and what this module does about them:
 
+* ``wandb.finish`` hands the run to W&B's service process, which writes the offline file; it
+  flushes and exits in ``wandb.teardown``, which wandb runs in an atexit hook. Ray kills the
+  actor (and the service with it) as soon as its task returns, so no atexit hook runs: on a
+  loaded machine the file kept its 7-byte header alone although the trial had finished. The
+  actor here calls ``wandb.teardown()`` itself and checks that the file holds its exit record.
 * ``wandb.init`` gives up after 90 s by default; on a loaded machine (Ray's workers used to run
   at nice 15) that is too short, the actor's task fails and every result queued for it is lost,
   leaving an offline file that holds its 7-byte header alone. The actor here waits up to
@@ -168,7 +173,15 @@ class ReplayingWandbActor(_WandbLoggingActor):
                 if step > last:  # a task trained again after a restart is logged once
                     self._log(journal, step, log)
                     last = step
+        run_file = Path(run.settings.sync_file)
         self._wandb.finish()
+        # finish() hands the run to W&B's service process (wandb-core), which writes the file;
+        # Ray kills this actor the moment run() returns, and the service with it, so wait for
+        # the service to write everything and exit. (wandb does this in an atexit hook, which a
+        # killed actor never runs: under load the file kept its 7-byte header alone.)
+        self._wandb.teardown()
+        if not is_finished(run_file):
+            raise RuntimeError(f"{run_file} has no exit record after wandb.finish and teardown")
 
     def _log(self, journal, step: int, row: dict[str, Any]) -> None:
         """To the journal first (a flushed line: a kill cannot lose it), then to W&B."""
