@@ -22,8 +22,9 @@ done
 [ $# -gt 0 ] || { echo "usage: $0 [-n BUSY] [-r TIMES] PYTEST_ARGS..." >&2; exit 2; }
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; }
-trap cleanup EXIT INT TERM
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM  # stop the loop (EXIT then stops the busy processes)
 for _ in $(seq "$busy"); do
   ( while :; do :; done ) &
   pids+=($!)
