@@ -36,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+_T0 = time.perf_counter()
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -173,6 +174,11 @@ def child(args) -> int:
     save, backup = _Timer(), _Timer()
     TuneController.save_to_dir = save.wrap(TuneController.save_to_dir, first_arg_len=lambda a: len(a[0]._trials))
     snap.backup = backup.wrap(snap.backup)
+    import sweeps.driver as drv
+
+    ends = {"summary_table": _Timer(), "write_report": _Timer(), "_export_study": _Timer()}
+    for name, timer in ends.items():  # what the driver does after the search: table, report, study
+        setattr(drv, name, timer.wrap(getattr(drv, name)))
     fit_cpu = []
     real_fit = ray.tune.Tuner.fit
 
@@ -185,6 +191,17 @@ def child(args) -> int:
             fit_cpu.append((r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime))
 
     ray.tune.Tuner.fit = fit
+    marks: dict[str, float] = {}
+    real_restore = ray.tune.Tuner.restore.__func__
+
+    def restore(cls, *a, **k):  # the resume's steps: Tune reading its snapshot
+        marks["restore_start"] = time.time()
+        try:
+            return real_restore(cls, *a, **k)
+        finally:
+            marks["restore_end"] = time.time()
+
+    ray.tune.Tuner.restore = classmethod(restore)
     import sweeps.progress as sp
 
     held: dict[str, list[float]] = {}  # trial id -> [started by Tune, ended (finished or stopped)]
@@ -199,10 +216,12 @@ def child(args) -> int:
         return real_complete(self, iteration, trials, trial, **info)
 
     sp.ConciseProgress.on_trial_start, sp.ConciseProgress.on_trial_complete = on_trial_start, on_trial_complete
-    t_start = time.time()
+    t_start = time.time() - (time.perf_counter() - _T0)  # from the process's first line
     tmp = tempfile.mkdtemp(prefix="pahscale-", dir="/tmp")
+    marks["imports_done"] = time.time()
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
              logging_level="warning")
+    marks["ray_up"] = time.time()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     if args.resume:
@@ -219,6 +238,8 @@ def child(args) -> int:
         "driver_cpu_s": round((ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime), 2),
         "driver_peak_rss_mb": round(ru1.ru_maxrss / 1024, 1), "driver_fit_cpu_s": round(sum(fit_cpu), 2),
         "tune_save_to_dir": save.summary(), "snapshot_backup": backup.summary(),
+        "after_search_s": {k: round(t.total, 2) for k, t in ends.items()},
+        "marks": {k: round(v - t_start, 2) for k, v in marks.items()},
         "save_samples": [(round(dt * 1e3, 2), n) for _, dt, n in save.samples],
         "held": {k: v for k, v in held.items() if len(v) == 2},
         "phase_s": json.loads((sweep / "sweep.json").read_text())["phases"]["search"].get("seconds"),
@@ -301,6 +322,7 @@ def measure_sweep(n: int, args, work: Path) -> dict:
         "driver_peak_rss_mb": m["driver_peak_rss_mb"], "driver_fit_cpu_s": m["driver_fit_cpu_s"],
         "driver_fit_cpu_per_trial_ms": round(1e3 * m["driver_fit_cpu_s"] / n, 1),
         "tune_save_to_dir": m["tune_save_to_dir"], "snapshot_backup": m["snapshot_backup"],
+        "after_search_s": m.get("after_search_s"),
         "save_ms_at_end": m["save_samples"][-1][0] if m["save_samples"] else None,
         "experiment_state_kb": round(max((p.stat().st_size for p in (sweep / "tune" / "search").glob(
             "experiment_state-*.json")), default=0) / 1024, 1),
@@ -330,15 +352,16 @@ def measure_resume(n: int, args, work: Path) -> dict:
     sweep = work / f"r{n}"
     common = ["--trials", str(n), "--dir", str(sweep), *_common(args)]
 
-    def half_done():
+    def half_done():  # half the trials ended: finished, or stopped early by ASHA
         d = sweep / "trials" / "search"
-        return d.is_dir() and sum(1 for _ in d.glob("*/result.json")) >= n // 2
+        return d.is_dir() and sum(1 for _ in d.glob("*/result.json")) + sum(1 for _ in d.glob("*/stopped.json")) >= n // 2
 
     t_kill = time.time()
     _run_child([*common, "--json", str(work / "r1.json")], work / f"r{n}-1.log", kill_when=half_done)
     t_kill = time.time()
     before = _trials(sweep)
     done_before = {k for k, t in before.items() if t["finished"]}
+    stopped_before = {d.name for d in (sweep / "trials" / "search").glob("*") if (d / "stopped.json").exists()}
     db_after_kill = _db_count(sweep)
     t0 = time.time()
     _run_child([*common, "--resume", "--json", str(work / "r2.json")], work / f"r{n}-2.log")
@@ -347,13 +370,17 @@ def measure_resume(n: int, args, work: Path) -> dict:
     after = _trials(sweep)
     new_enters = [r["enter"] for t in after.values() for r in t["runs"] if r["enter"] > t_kill]
     retrained = [k for k in done_before if after[k]["trained"] > before[k]["trained"]]
+    stopped_trained_on = [k for k in stopped_before if after[k]["trained"] > before[k]["trained"]]
     row = {
-        "trials": n, "finished_at_kill": len(done_before), "optuna_db_trials_at_kill": db_after_kill,
+        "trials": n, "finished_at_kill": len(done_before), "stopped_at_kill": len(stopped_before),
+        "trial_dirs_at_kill": len(before), "optuna_db_trials_at_kill": db_after_kill,
+        "stopped_trials_trained_on": len(stopped_trained_on),
         "resume_to_first_trial_s": round(min(new_enters) - m["process_start"], 2) if new_enters else None,
         "resume_process_to_first_trial_s": round(min(new_enters) - t0, 2) if new_enters else None,
         "resume_total_s": round(total, 1), "finished_after": sum(t["finished"] for t in after.values()),
         "trial_dirs_after": len(after), "finished_trials_retrained": len(retrained),
         "driver_cpu_s": m["driver_cpu_s"], "optuna_db_trials_after": _db_count(sweep),
+        "resume_steps_s": m.get("marks"),  # since the resume process's start: imports, Ray, Tuner.restore
     }
     print(json.dumps(row), flush=True)
     if not args.keep:
@@ -405,12 +432,13 @@ def plot(results: dict, path: Path) -> None:
     n = [r["trials"] for r in rows]
     fig = Figure(figsize=(10, 3.6), layout="constrained")
     a, b, c = fig.subplots(1, 3)
-    a.plot(n, [r["overhead_per_trial_s"] for r in rows], "o-", label="per trial (slot-s not training)")
+    a.plot(n, [r["held_overhead_per_trial_s"] for r in rows], "o-", label="slot held, not training (Tune start to end)")
     a.plot(n, [r["in_worker_overhead_per_trial_ms"] / 1e3 for r in rows], "s-", label="inside the worker")
     a.axhline(1.0, color="r", ls="--", lw=1, label="target 1 s")
-    a.set(xlabel="trials", ylabel="seconds", title="overhead per trial")
+    a.set(xlabel="trials", ylabel="seconds", title="overhead per trial beyond training")
     a.legend(fontsize=7)
-    b.plot(n, [r["driver_cpu_per_trial_ms"] for r in rows], "o-")
+    b.plot(n, [r["driver_fit_cpu_per_trial_ms"] for r in rows], "o-", label="search phase (Tuner.fit)")
+    b.plot(n, [r["driver_cpu_per_trial_ms"] for r in rows], "s-", label="whole run_sweep (+ table, report)")
     b.axhline(50, color="r", ls="--", lw=1, label="target 50 ms")
     b.set(xlabel="trials", ylabel="ms", title="driver CPU per trial")
     b.legend(fontsize=7)
@@ -434,6 +462,7 @@ def main() -> int:
     ap.add_argument("--task-s", type=float, default=0.1, help="seconds of stand-in training per task (5 tasks)")
     ap.add_argument("--analyze", type=int, default=10_000, help="result.json files for the analyze timing")
     ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--only-resume", action="store_true", help="the killed-driver resume of max(--trials) alone")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "scale.json")
     ap.add_argument("--plot", type=Path, default=ROOT / "bench" / "scale_overhead.png")
     ap.add_argument("--keep", action="store_true", help="keep the sweep dirs (under $TMPDIR)")
@@ -448,6 +477,11 @@ def main() -> int:
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": os.uname().nodename,
                "cores": os.cpu_count(), "num_cpus": args.num_cpus, "concurrency": args.concurrency,
                "task_s": args.task_s, "tasks": 5, "sweeps": []}
+    if args.only_resume:
+        results["resume"] = measure_resume(max(args.trials), args, work)
+        results["load_average"] = os.getloadavg()
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        return 0
     for n in args.trials:
         results["sweeps"].append(measure_sweep(n, args, work))
         results["load_average"] = os.getloadavg()
