@@ -441,6 +441,8 @@ def _wandb_callback(spec: Spec, sweep_dir: Path, candidates: list[dict[str, Any]
 
     from sweeps.wandb_runs import ReplayingWandbActor, wait_for_runs
 
+    from sweeps.wandb_runs import ReplayingWandbActor, complete_ended_runs, wait_for_runs
+
     class GroupedWandb(WandbLoggerCallback):
         """W&B runs grouped by config_id, so the seeds of one config share a group; complete when
         the phase ends (sweeps/wandb_runs.py: a restored trial's run replays its earlier one)."""
@@ -460,6 +462,7 @@ def _wandb_callback(spec: Spec, sweep_dir: Path, candidates: list[dict[str, Any]
             super().log_trial_start(trial)
 
         def on_experiment_end(self, trials, **info):
+            complete_ended_runs(self, trials, sweep_dir)  # ended before a killed driver, run cut short
             wait_for_runs(self)
 
     (sweep_dir / "wandb").mkdir(exist_ok=True)

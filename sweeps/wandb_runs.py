@@ -48,8 +48,7 @@ from ray.air.integrations.wandb import _WandbLoggingActor
 from pah.io import atomic_write_bytes
 
 __all__ = ["INIT_TIMEOUT_S", "FINISH_TIMEOUT_S", "read_records", "history_rows", "summary_of", "config_of",
-           "is_finished", "ReplayingWandbActor",
-           "wait_for_runs"]
+           "is_finished", "run_is_complete", "ReplayingWandbActor", "complete_ended_runs", "wait_for_runs"]
 
 INIT_TIMEOUT_S = 600.0
 FINISH_TIMEOUT_S = 600.0
@@ -235,6 +234,26 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 break
     return rows
+
+
+def run_is_complete(sweep_dir: str | Path, trial_id: str) -> bool:
+    """The trial has an offline run that holds its exit record."""
+    runs = Path(sweep_dir, "wandb").glob(f"offline-run-*-{trial_id}/run-{trial_id}.wandb")
+    return any(is_finished(f) for f in runs)
+
+
+def complete_ended_runs(callback, trials, sweep_dir: str | Path) -> None:
+    """Log again the runs of trials that ended with their run cut short.
+
+    A trial that ended before its driver was killed is never started again by a restore, so
+    its cut-short run would stay so: it gets a new run here, fed its last result, which replays
+    its journal and rebuilds the rest from its checkpoint (see ``ReplayingWandbActor``).
+    """
+    for trial in trials:
+        if (trial.status == "TERMINATED" and trial.last_result and trial not in callback._trial_logging_actors
+                and not run_is_complete(sweep_dir, trial.trial_id)):
+            callback.log_trial_result(trial.last_result.get("training_iteration", 0), trial, trial.last_result)
+            callback._signal_logging_actor_stop(trial)
 
 
 def wait_for_runs(callback, timeout_s: float = FINISH_TIMEOUT_S) -> None:
