@@ -226,11 +226,11 @@ def test_storage_errors_are_one_line_and_exit_2(tmp_path, s3):
         cases = {
             "no bucket": (["sweep", "quickstart", "--storage", "s3://no-such-bucket/x"], _s3_env(endpoint),
                           "the bucket 'no-such-bucket' does not exist"),
-            "no endpoint": (["sweep", "quickstart", "--storage", f"s3://{BUCKET}/x"],
+            "no endpoint": (["sweep", "--resume", f"s3://{BUCKET}/x"],
                             _s3_env(f"http://127.0.0.1:{_free_port()}"), "cannot reach the endpoint http://127.0.0.1:"),
             "no credentials": (["sweep", "quickstart", "--storage", f"s3://{BUCKET}/x"], no_creds,
                                "no AWS credentials found"),
-            "wrong credentials": (["sweep", "quickstart", "--storage", f"s3://{BUCKET}/x"],
+            "wrong credentials": (["sweep", "--resume", f"s3://{BUCKET}/x"],
                                   _s3_env(auth_endpoint, AWS_ACCESS_KEY_ID="AKIAWRONG"), "access denied"),
             "resume, not a sweep": (["sweep", "--resume", f"s3://{BUCKET}/nothing"], _s3_env(endpoint),
                                     "not a sweep (no sweep.json there"),
@@ -239,6 +239,7 @@ def test_storage_errors_are_one_line_and_exit_2(tmp_path, s3):
             "launch slurm, no bucket": (["launch", "slurm", "quickstart", "--storage", "s3://no-such-bucket/x"],
                                         _s3_env(endpoint), "the bucket 'no-such-bucket' does not exist"),
         }
+        # (the same check behind --storage and --resume; --resume skips loading a spec, which imports torch)
         procs = {name: subprocess.Popen([sys.executable, "-m", "pah", *args], env=env, cwd=tmp_path, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                  for name, (args, env, _) in cases.items()}
