@@ -252,6 +252,7 @@ def child(args) -> int:
 
 
 def _run_child(argv: list[str], log: Path, *, kill_when=None) -> subprocess.Popen:
+    t_start = time.time() - 1
     with open(log, "w") as f:
         p = subprocess.Popen([sys.executable, __file__, "_sweep", *argv], stdout=f, stderr=subprocess.STDOUT,
                              start_new_session=True, cwd=ROOT)
@@ -264,6 +265,9 @@ def _run_child(argv: list[str], log: Path, *, kill_when=None) -> subprocess.Pope
                 os.killpg(p.pid, signal.SIGKILL)  # then the Ray it started (its session), as when a job ends
             except ProcessLookupError:
                 pass
+            for d in Path("/tmp").glob("pahscale-*"):  # the killed driver's Ray temp dir (ours: see child())
+                if d.stat().st_mtime >= t_start:
+                    shutil.rmtree(d, ignore_errors=True)
             return p
         time.sleep(0.2)
     if p.returncode:
@@ -481,6 +485,8 @@ def main() -> int:
         results["resume"] = measure_resume(max(args.trials), args, work)
         results["load_average"] = os.getloadavg()
         args.json.write_text(json.dumps(results, indent=1) + "\n")
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
         return 0
     for n in args.trials:
         results["sweeps"].append(measure_sweep(n, args, work))
