@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from analysis.states import TrialState, TrialStatus, describe, find_trial_dirs, trial_status
+from analysis.states import TrialState, TrialStatus, describe, scan, trial_status
 from pah import metrics
 from pah.config import flatten
 from pah.errors import UserError
@@ -138,7 +138,15 @@ def _candidates(path: Path) -> tuple[list[Path], list[Path]]:
     """(result files, trial dirs without a result) under one given path."""
     if path.is_file():
         return [path], []
-    return sorted(p for p in path.rglob(RESULT) if p.is_file()), find_trial_dirs(path)
+    return scan(path)
+
+
+def _canonical(p: Path, given: Path, resolved: Path) -> Path:
+    """``p`` (found below ``given``) as a canonical path, without a resolve() per file."""
+    try:
+        return resolved / p.relative_to(given)
+    except ValueError:
+        return p.resolve()
 
 
 def records_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -182,14 +190,17 @@ def load_results(paths: Iterable[str | Path], *, extra: Iterable[tuple[str, Any]
 
     for p in paths:
         files, trial_dirs = _candidates(p)
+        base = p.resolve()
         for d in trial_dirs:
-            if d.resolve() not in seen_trials:
-                seen_trials.add(d.resolve())
+            key = _canonical(d, p, base)
+            if key not in seen_trials:
+                seen_trials.add(key)
                 res.trials.append(trial_status(d))
         for f in files:
-            if f.resolve() in seen_files:
+            key = _canonical(f, p, base)
+            if key in seen_files:
                 continue
-            seen_files.add(f.resolve())
+            seen_files.add(key)
             try:
                 obj = json.loads(f.read_text())
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

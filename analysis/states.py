@@ -29,6 +29,7 @@ __all__ = [
     "TrialStatus",
     "trial_status",
     "find_trial_dirs",
+    "scan",
     "describe",
     "STOPPED",
     "ERROR",
@@ -131,18 +132,27 @@ def _is_trial_dir(d: Path) -> bool:
 
 def find_trial_dirs(path: str | Path) -> list[Path]:
     """Every trial directory at or below ``path`` that has not finished (no result.json in it)."""
+    return scan(path)[1]
+
+
+def scan(path: str | Path) -> tuple[list[Path], list[Path]]:
+    """(every result.json file, every unfinished trial directory) at or below ``path``, in one walk."""
+    import os
+
     path = Path(path)
     if path.is_file():
-        return []
-    found: set[Path] = set()
-    for name in (CHECKPOINT.name, STOPPED, ERROR, "params.json"):
-        for p in path.rglob(name):
-            d = p.parent.parent if name == CHECKPOINT.name else p.parent
-            if name == CHECKPOINT.name and p.parent.name != CHECKPOINT.parent.name:
-                continue
-            if not (d / RESULT).is_file() and _is_trial_dir(d):
-                found.add(d)
-    return sorted(found)
+        return ([path] if path.name == RESULT else []), []
+    results, trials = [], []
+    marks = (STOPPED, ERROR)
+    for root, dirs, files in os.walk(path):
+        names = set(files)
+        d = Path(root)
+        if RESULT in names:
+            results.append(d / RESULT)
+        elif (any(m in names for m in marks) or {"params.json", "log.txt"} <= names
+              or (CHECKPOINT.parent.name in dirs and (d / CHECKPOINT).is_file())):
+            trials.append(d)
+    return sorted(results), sorted(trials)
 
 
 def describe(statuses: Sequence[TrialStatus], *, limit: int = 5) -> list[str]:
