@@ -439,8 +439,6 @@ def _wandb_callback(spec: Spec, sweep_dir: Path, candidates: list[dict[str, Any]
         print(f"note: W&B logging skipped ({e})", file=sys.stderr, flush=True)
         return []
 
-    from sweeps.wandb_runs import ReplayingWandbActor, wait_for_runs
-
     from sweeps.wandb_runs import ReplayingWandbActor, complete_ended_runs, wait_for_runs
 
     class GroupedWandb(WandbLoggerCallback):
