@@ -488,11 +488,13 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
     from sweeps.snapshot import SnapshotGuard, fill_missing_checkpoints, pace_tune_snapshots, repair
     from sweeps.trainable import make_trainable
 
-    pace_tune_snapshots()  # Tune's snapshots stay a small share of the driver's time at 1,000 trials
-
     base_cfg = spec.trial_config()
     exp_path = sweep_dir / "tune" / phase
     remote = remote_of(sweep_dir)  # object storage: Tune and the trials write there directly
+    # Tune's snapshots stay a small share of the driver's time at 1,000 trials. On object storage a
+    # trial's own directory is scratch on its node, so there Tune's snapshot must name each newest
+    # checkpoint as soon as it is reported: a snapshot after every checkpoint, as Ray does.
+    pace_tune_snapshots(force_on_checkpoint=bool(remote))
     tune_root = storage_mod.join(remote, "tune") if remote else str(sweep_dir / "tune")
     candidates = state["phases"]["confirm"].get("candidates") if phase == "confirm" else None
     pack = spec.resources.pack
@@ -519,6 +521,10 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
     restore_path = f"{tune_root}/{phase}" if remote else str(exp_path)
     if remote:
         storage_mod.newest_checkpoints_everywhere(restore_path)
+    if phase == "search":  # the live copy of the study goes to this sweep dir, restored or not
+        from sweeps.search import MIRROR_ENV
+
+        os.environ[MIRROR_ENV] = str(sweep_dir / "optuna.db")
     if tune.Tuner.can_restore(restore_path):
         print(f"[{phase}] restoring {restore_path}", flush=True)
         _wandb_env(spec)  # the restored W&B callback needs the mode too

@@ -23,6 +23,7 @@ written once, however often a restored search tells it again.
 from __future__ import annotations
 
 import copy
+import os
 import queue
 import sys
 import threading
@@ -159,6 +160,8 @@ def _copy_trial(t: Any, key: str) -> Any:
 
 
 _MIRRORS: dict[str, StudyMirror] = {}
+#: set by the driver to this sweep's SWEEP/optuna.db (see SequenceOptunaSearch.study_mirror)
+MIRROR_ENV = "PAH_OPTUNA_DB"
 
 
 def mirror_for(path: str | Path, study_name: str, directions: list[str], metric_names: list[str] | None = None) -> StudyMirror:
@@ -192,7 +195,10 @@ class SequenceOptunaSearch(OptunaSearch):
             return None
         metrics = self._metric if isinstance(self._metric, list) else [self._metric]
         directions = [d.name.lower() for d in self._ot_study.directions]
-        return mirror_for(self.mirror, self._ot_study.study_name, directions, [str(m) for m in metrics])
+        # the driver names this run's file: a restored searcher holds the path of the process that
+        # pickled it, which on another machine (or another staging copy of a bucket) is not ours
+        path = os.environ.get(MIRROR_ENV) or self.mirror
+        return mirror_for(path, self._ot_study.study_name, directions, [str(m) for m in metrics])
 
     def _setup_study(self, mode: str | list[str]) -> None:
         super()._setup_study(mode)

@@ -103,7 +103,7 @@ def repair(exp_dir: Path) -> list[str]:
     return fixed
 
 
-def pace_tune_snapshots(min_period_s: float = 2.0, max_share: float = 0.05) -> bool:
+def pace_tune_snapshots(min_period_s: float = 2.0, max_share: float = 0.05, *, force_on_checkpoint: bool = False) -> bool:
     """Pace Tune's experiment snapshots in this driver process: every ``min_period_s`` while they are
     cheap, else so that they take at most ``max_share`` of the time; never forced by trial checkpoints.
 
@@ -113,7 +113,9 @@ def pace_tune_snapshots(min_period_s: float = 2.0, max_share: float = 0.05) -> b
     forcing keeps the snapshot's view of the newest Ray checkpoint exact; this sweep does not need
     it (a trial resumes from its own directory, see ``fill_missing_checkpoints``). Ray's own
     adaptive mode ("auto") would wait at least 10 s, and a driver killed in that window forgets
-    the trials started since. Returns False (and changes nothing) on a Ray without these hooks.
+    the trials started since. ``force_on_checkpoint`` keeps Ray's forcing (object storage, where a
+    trial's own directory is node-local scratch). Returns False (and changes nothing) on a Ray
+    without these hooks.
     """
     try:
         from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as M
@@ -122,7 +124,12 @@ def pace_tune_snapshots(min_period_s: float = 2.0, max_share: float = 0.05) -> b
     if not all(hasattr(M, a) for a in ("on_trial_checkpoint", "_update_auto_checkpoint_time")):
         return False
 
+    original = getattr(M, "_pah_on_trial_checkpoint", M.on_trial_checkpoint)
+    M._pah_on_trial_checkpoint = original
+
     def on_trial_checkpoint(self, trial) -> None:
+        if force_on_checkpoint:  # trials resume from Tune's checkpoints only (object storage)
+            return original(self, trial)
         return None
 
     def _update_auto_checkpoint_time(self, time_taken: float) -> None:
