@@ -71,7 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "ci_may_skip: a skip of this test is fine in CI mode (CI set)")
 
 
-_ci_failed_skips: Counter[str] = Counter()
+_CI_SKIP = "CI is set, and this test was skipped: "
 
 
 def _skip_reason(rep: pytest.TestReport) -> str:
@@ -88,9 +88,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         return
     if item.get_closest_marker("slurm") and os.environ.get("PAH_CI_SLURM", "1") == "0":
         return
-    _ci_failed_skips[_skip_reason(rep)] += 1
     rep.outcome = "failed"
-    rep.longrepr = (f"CI is set, and this test was skipped: {_skip_reason(rep)}. A service or package that CI "
+    rep.longrepr = (f"{_CI_SKIP}{_skip_reason(rep)}. A service or package that CI "
                     "provides is missing (for SLURM: PAH_CI_SLURM=0 runs CI without it on purpose).")
 
 
@@ -101,8 +100,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     line = f"skip summary: {len(skipped)} test(s) skipped"
     if reasons:
         line += ": " + "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common())
-    if ci_mode():
-        n = sum(_ci_failed_skips.values())
+    if ci_mode():  # counted from the reports, which reach this process from xdist's workers too
+        failed = Counter()
+        for r in terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", []):
+            text = str(r.longrepr)
+            if text.startswith(_CI_SKIP):
+                failed[text.removeprefix(_CI_SKIP).split(". A service")[0]] += 1
+        n = sum(failed.values())
         line += f" (CI mode: {n} skip(s) counted as failures" + (": " if n else "") + "; ".join(
-            f"{k} x {reason}" for reason, k in _ci_failed_skips.most_common()) + ")"
+            f"{k} x {reason}" for reason, k in failed.most_common()) + ")"
     terminalreporter.write_line(line)
