@@ -124,9 +124,21 @@ def test_sweep_on_s3_killed_driver_resume_and_analyze(tmp_path, s3):
     def trial_ids() -> set[str]:
         return {rel.split("/")[2] for rel in _files(fs, prefix) if rel.startswith("trials/search/")}
 
-    def known_to_tune(tid: str) -> bool:  # in the experiment state a restore starts from
-        return any(tid.encode() in _read(fs, f"{prefix}/tune/search/{rel}")
-                   for rel in _files(fs, f"{prefix}/tune/search") if rel.startswith("experiment_state-"))
+    def known_to_tune(tid: str) -> bool:
+        """The experiment state a restore starts from names a task checkpoint of ``tid`` (a trial
+        killed before that snapshot restarts its first task, which is the task in progress)."""
+        for rel in _files(fs, f"{prefix}/tune/search"):
+            if not rel.startswith("experiment_state-"):
+                continue
+            try:
+                trials = json.loads(_read(fs, f"{prefix}/tune/search/{rel}"))["trial_data"]
+            except (ValueError, KeyError):
+                continue  # being written
+            for _, meta in trials:
+                last = (json.loads(meta) if isinstance(meta, str) else meta).get("last_result") or {}
+                if last.get("trial_id") == tid and last.get("checkpoint_dir_name") and last.get("tasks_completed", 0) >= 1:
+                    return True
+        return False
 
     def mid_sweep():
         files = _files(fs, prefix)
