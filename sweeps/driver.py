@@ -434,18 +434,14 @@ def _wandb_callback(spec: Spec, sweep_dir: Path, candidates: list[dict[str, Any]
     if not spec.wandb.enabled or mode == "disabled":
         return []
     try:
-        from ray.air.integrations.wandb import WandbLoggerCallback
+        from sweeps.wandb_runs import FeedingWandbCallback, complete_ended_runs, wait_for_runs
     except ImportError as e:  # wandb missing: the sweep runs without it
         print(f"note: W&B logging skipped ({e})", file=sys.stderr, flush=True)
         return []
 
-    from sweeps.wandb_runs import ReplayingWandbActor, complete_ended_runs, wait_for_runs
-
-    class GroupedWandb(WandbLoggerCallback):
+    class GroupedWandb(FeedingWandbCallback):
         """W&B runs grouped by config_id, so the seeds of one config share a group; complete when
         the phase ends (sweeps/wandb_runs.py: a restored trial's run replays its earlier one)."""
-
-        _logger_actor_cls = ReplayingWandbActor
 
         def log_trial_start(self, trial):
             from sweeps.trainable import params_of

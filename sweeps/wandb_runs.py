@@ -35,7 +35,6 @@ no longer ships a Python reader for it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import struct
 import sys
@@ -43,12 +42,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ray.air.integrations.wandb import _WandbLoggingActor
+from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 
 from pah.io import atomic_write_bytes
 
 __all__ = ["INIT_TIMEOUT_S", "FINISH_TIMEOUT_S", "read_records", "history_rows", "summary_of", "config_of",
-           "is_finished", "run_is_complete", "ReplayingWandbActor", "complete_ended_runs", "wait_for_runs"]
+           "is_finished", "run_is_complete", "ReplayingWandbActor", "FeedingWandbCallback", "complete_ended_runs", "wait_for_runs"]
 
 INIT_TIMEOUT_S = 600.0
 FINISH_TIMEOUT_S = 600.0
@@ -126,9 +125,48 @@ def is_finished(path: str | Path) -> bool:
 class ReplayingWandbActor(_WandbLoggingActor):
     """Ray's logging actor: a longer ``wandb.init`` wait, earlier runs of its id replayed, and
     ``tasks_completed`` as the W&B step (a restored trial's ``training_iteration`` restarts from
-    Tune's last snapshot, which may lag behind the tasks its earlier run logged)."""
+    Tune's last snapshot, which may lag behind the tasks its earlier run logged).
+
+    Fed one item at a time (``feed``, called in order on a single-threaded actor) rather than
+    through Ray's ``Queue``, which is an actor of its own: one process per trial instead of two
+    (a Ray worker process costs about a second of CPU to start). ``run`` still drains a queue,
+    for a caller that has one.
+    """
+
+    _journal = None
+    _last = 0  # steps are tasks_completed: 1, 2, ...
+    _state = "new"  # then "logging", then "finished"
+    _failure: BaseException | None = None
 
     def run(self):
+        while self._state != "finished":
+            self.feed(self.queue.get())
+
+    def feed(self, item: tuple[Any, Any]) -> None:
+        """Handle one ``(_QueueItem, content)``: the first starts the run, END finishes it.
+
+        A run that could not start or log fails every later item with the same error, END
+        included (the callback waits on END's result and names the run).
+        """
+        if self._failure is not None:
+            raise self._failure
+        if self._state == "finished":
+            return
+        item_type, item_content = item
+        try:
+            if self._state == "new":
+                self._start()
+            if item_type.name == "END":
+                self._finish()
+            elif item_type.name == "CHECKPOINT":
+                self._handle_checkpoint(item_content)
+            else:
+                self._result(item_content)
+        except BaseException as e:
+            self._failure = e
+            raise
+
+    def _start(self) -> None:
         import os
 
         os.environ["WANDB_START_METHOD"] = "thread"
@@ -140,45 +178,45 @@ class ReplayingWandbActor(_WandbLoggingActor):
             atomic_write_bytes(rows_path, "".join(json.dumps(r) + "\n" for r in rows).encode())
         rows.sort(key=lambda r: r["_step"])
         earlier = self._earlier_runs()  # before init creates this run's own directory
-        run = self._wandb.init(*self.args, settings=settings, **self.kwargs)
-        run.config.trial_log_path = self._logdir
-        last = 0  # steps are tasks_completed: 1, 2, ...
+        self._run = self._wandb.init(*self.args, settings=settings, **self.kwargs)
+        self._run.config.trial_log_path = self._logdir
         for row in rows:  # what the earlier run(s) of this trial logged, in the order logged
             step = row.pop("_step")
-            if step > last:
+            if step > self._last:
                 self._wandb.log(row, step=step)
-                last = step
+                self._last = step
         for d in earlier:  # out of the offline-run-* pattern: `wandb sync` uploads this run alone
             d.rename(d.with_name("replaced-run-" + d.name.removeprefix("offline-run-")))
-        with open(rows_path, "a") if rows_path else contextlib.nullcontext() as journal:
-            while True:
-                item_type, item_content = self.queue.get()
-                if item_type.name == "END":
-                    break
-                if item_type.name == "CHECKPOINT":
-                    self._handle_checkpoint(item_content)
-                    continue
-                log, config_update = self._handle_result(item_content)
-                step = int(log.get("tasks_completed", log.get("training_iteration", last + 1)))
-                self._wandb.config.update(config_update, allow_val_change=True)
-                # Tasks no run logged (a report lost with a killed trial process, or a driver
-                # killed before its logger caught up; the trial resumes after them): their rows,
-                # rebuilt from the accuracy matrices in the trial's checkpoint.
-                if step > last + 1:
-                    for row in self._rows_from_checkpoint():
-                        if last < row["_step"] < step:
-                            self._log(journal, row.pop("_step"), row)
-                            last = max(last, row["tasks_completed"])
-                if step > last:  # a task trained again after a restart is logged once
-                    self._log(journal, step, log)
-                    last = step
-        run_file = Path(run.settings.sync_file)
+        self._journal = open(rows_path, "a") if rows_path else None  # noqa: SIM115 - closed in _finish
+        self._state = "logging"
+
+    def _result(self, result: dict[str, Any]) -> None:
+        log, config_update = self._handle_result(result)
+        step = int(log.get("tasks_completed", log.get("training_iteration", self._last + 1)))
+        self._wandb.config.update(config_update, allow_val_change=True)
+        # Tasks no run logged (a report lost with a killed trial process, or a driver killed
+        # before its logger caught up; the trial resumes after them): their rows, rebuilt from
+        # the accuracy matrices in the trial's checkpoint.
+        if step > self._last + 1:
+            for row in self._rows_from_checkpoint():
+                if self._last < row["_step"] < step:
+                    self._log(self._journal, row.pop("_step"), row)
+                    self._last = max(self._last, row["tasks_completed"])
+        if step > self._last:  # a task trained again after a restart is logged once
+            self._log(self._journal, step, log)
+            self._last = step
+
+    def _finish(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+        run_file = Path(self._run.settings.sync_file)
         self._wandb.finish()
         # finish() hands the run to W&B's service process (wandb-core), which writes the file;
-        # Ray kills this actor the moment run() returns, and the service with it, so wait for
-        # the service to write everything and exit. (wandb does this in an atexit hook, which a
-        # killed actor never runs: under load the file kept its 7-byte header alone.)
+        # Ray kills this actor once the callback has its answer, and the service with it, so
+        # wait for the service to write everything and exit. (wandb does this in an atexit hook,
+        # which a killed actor never runs: under load the file kept its 7-byte header alone.)
         self._wandb.teardown()
+        self._state = "finished"
         if not is_finished(run_file):
             raise RuntimeError(f"{run_file} has no exit record after wandb.finish and teardown")
 
@@ -222,6 +260,50 @@ class ReplayingWandbActor(_WandbLoggingActor):
         if not run_id or not root:
             return []
         return sorted(Path(root, "wandb").glob(f"offline-run-*-{run_id}"))
+
+
+class _Feed:
+    """Stands in for a trial's Ray ``Queue``: ``put`` feeds the trial's logging actor directly.
+
+    Calls from one caller to a single-threaded actor run in the order made, so the items
+    arrive as Tune sent them. END's answer is what the callback waits on before it stops the
+    actor (``_cleanup_logging_actors``, ``wait_for_runs``).
+    """
+
+    def __init__(self, callback: WandbLoggerCallback, trial, actor):
+        self._callback, self._trial, self._actor = callback, trial, actor
+
+    def put(self, item: tuple[Any, Any]) -> None:
+        ref = self._actor.feed.remote(item)
+        if item[0].name == "END":
+            self._callback._trial_logging_futures[self._trial] = ref
+            self._callback._logging_future_to_trial[ref] = self._trial
+
+
+class FeedingWandbCallback(WandbLoggerCallback):
+    """Ray's W&B callback with one process per trial's run: its logging actor is fed directly
+    (``ReplayingWandbActor.feed``), without the extra ``Queue`` actor Ray starts for each trial."""
+
+    _logger_actor_cls = ReplayingWandbActor
+
+    def _start_logging_actor(self, trial, exclude_results: list[str], **wandb_init_kwargs) -> None:
+        import os
+
+        import ray
+        from ray.air.integrations.wandb import WANDB_ENV_VAR, _force_on_current_node
+
+        if trial in self._trial_logging_actors:  # a restarted trial keeps its run
+            return
+        if not self._remote_logger_class:
+            env_vars = {WANDB_ENV_VAR: os.environ[WANDB_ENV_VAR]} if WANDB_ENV_VAR in os.environ else {}
+            self._remote_logger_class = ray.remote(
+                num_cpus=0, **_force_on_current_node(), runtime_env={"env_vars": env_vars},
+                max_restarts=-1, max_task_retries=-1,
+            )(self._logger_actor_cls)
+        actor = self._remote_logger_class.remote(logdir=trial.local_path, queue=None, exclude=exclude_results,
+                                                 to_config=self.AUTO_CONFIG_KEYS, **wandb_init_kwargs)
+        self._trial_logging_actors[trial] = actor
+        self._trial_queues[trial] = _Feed(self, trial, actor)
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:

@@ -11,6 +11,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Two test workers share the machine's cores (pyproject: -n 2), and most tests start more
+# processes (pah train, Ray's trial workers, SLURM jobs): one compute thread per process. With
+# PyTorch's default of one per core, two trainings on 2 cores ran at the same speed as with one
+# thread each but burnt 1.6x the CPU in OpenMP's spin-waits, which the other tests then lacked.
+# Set before torch is imported (here, in the workers and in every subprocess they start).
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 
 def run_pah(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real ``pah`` command line in a subprocess."""

@@ -56,17 +56,16 @@ def test_a_cut_short_run_reads_as_its_whole_records(run_file, tmp_path):
 
 
 ACTOR = """
-import queue, sys
+import sys
 from ray.air.integrations.wandb import _QueueItem
 from sweeps.wandb_runs import ReplayingWandbActor
 
 root, steps = sys.argv[1], [int(s) for s in sys.argv[2].split(",")]
-q = queue.Queue()
+actor = ReplayingWandbActor(root, None, [], [], id="t1", dir=root, mode="offline", project="p", config={"seed": 0})
 for t in steps:
-    q.put((_QueueItem.RESULT, {"tasks_completed": t, "avg_acc": 1.0 / t, "training_iteration": t}))
-q.put((_QueueItem.END, None))
-actor = ReplayingWandbActor(root, q, [], [], id="t1", dir=root, mode="offline", project="p", config={"seed": 0})
-actor.run()
+    actor.feed((_QueueItem.RESULT, {"tasks_completed": t, "avg_acc": 1.0 / t, "training_iteration": t}))
+actor.feed((_QueueItem.END, None))
+actor.feed((_QueueItem.RESULT, {"tasks_completed": 9, "avg_acc": 0.0}))  # after END: ignored
 """
 
 
