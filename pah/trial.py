@@ -30,7 +30,7 @@ from pah.methods import METHODS, Method
 from pah.models import build_backbone
 from pah.step import TaskStep, make_batch, train_step, warmup_factor
 
-__all__ = ["run_trial", "trial_steps", "run_packed", "TaskReport", "NonFiniteLoss", "resolve_device", "evaluate", "make_batch", "train_step", "build_model",
+__all__ = ["run_trial", "trial_steps", "step_once", "run_packed", "TaskReport", "NonFiniteLoss", "resolve_device", "evaluate", "make_batch", "train_step", "build_model",
            "warmup_factor", "CHECKPOINT"]
 
 #: where a trial keeps its last task checkpoint, relative to its --out directory
@@ -312,6 +312,22 @@ def trial_steps(
     return result
 
 
+def step_once(steps: Generator[None, None, dict[str, Any]], stream: Any = None) -> tuple[str, Any] | None:
+    """Advance one trial of ``trial_steps`` by one step, on its own CUDA ``stream`` if given.
+
+    None while the trial goes on; ``("done", result)`` when it has finished; ``("error", exc)``
+    when it failed (one trial's failure is its own: the caller goes on with the others).
+    """
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        try:
+            next(steps)
+        except StopIteration as done:
+            return "done", done.value
+        except Exception as e:  # noqa: BLE001 - returned to the caller, whose trial it is
+            return "error", e
+    return None
+
+
 def run_packed(
     cfgs: Sequence[Config],
     out_dirs: Sequence[str | Path],
@@ -347,15 +363,10 @@ def run_packed(
     streams = {i: torch.cuda.Stream(dev) for i in live} if dev.type == "cuda" else {}
     while live:
         for i in list(live):
-            with torch.cuda.stream(streams[i]) if streams else contextlib.nullcontext():
-                try:
-                    next(live[i])
-                except StopIteration as done:
-                    results[i] = done.value
-                    del live[i]
-                except Exception as e:  # noqa: BLE001 - one trial's failure is its own
-                    results[i] = e
-                    del live[i]
+            ended = step_once(live[i], streams.get(i))
+            if ended is not None:
+                results[i] = ended[1]
+                del live[i]
     if streams:
         torch.cuda.synchronize(dev)
     return results  # type: ignore[return-value]

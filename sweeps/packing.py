@@ -106,6 +106,8 @@ class Packer:
     def _loop(self) -> None:
         import torch
 
+        from pah.trial import step_once
+
         while True:
             with self._lock:
                 now = time.monotonic()
@@ -124,15 +126,11 @@ class Packer:
                     continue
                 if m.stream is None and torch.cuda.is_available():
                     m.stream = torch.cuda.Stream()
-                with torch.cuda.stream(m.stream) if m.stream is not None else contextlib.nullcontext():
-                    try:
-                        next(m.steps)
-                    except StopIteration as done:
-                        event = ("done", done.value)
-                    except Exception as e:  # noqa: BLE001 - the member's own failure, reported to its trial
-                        event = ("error", (type(e).__name__, str(e)))
-                    else:
-                        continue
+                event = step_once(m.steps, m.stream)
+                if event is None:
+                    continue
+                if event[0] == "error":  # the member's own failure, reported to its trial
+                    event = ("error", (type(event[1]).__name__, str(event[1])))
                 with self._lock:
                     m.events.append(event)
 

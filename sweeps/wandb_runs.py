@@ -275,7 +275,7 @@ class _Feed:
 
     def put(self, item: tuple[Any, Any]) -> None:
         ref = self._actor.feed.remote(item)
-        if item[0].name == "END":
+        if item[0].name == "END" and self._trial not in self._callback._trial_logging_futures:  # one END counts
             self._callback._trial_logging_futures[self._trial] = ref
             self._callback._logging_future_to_trial[ref] = self._trial
 
