@@ -33,7 +33,9 @@ from pah.io import atomic_write_bytes
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["write_html", "render_html"]
+__all__ = ["write_html", "render_html", "DETAIL_GROUPS"]
+
+DETAIL_GROUPS = 12  # groups with figures of their own in the report (see render_html)
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f; margin: 2em auto;
@@ -208,7 +210,7 @@ def render_html(
     """The whole report as one HTML string (figures are rendered here, to PNG in memory)."""
     import yaml
 
-    from analysis.plots import figures, optuna_importances, png_bytes
+    from analysis.plots import detail_groups, figures, optuna_importances, png_bytes
 
     sweeps = find_sweeps(paths)
     title = title or (f"Sweep {sweeps[0].name}" if len(sweeps) == 1 else
@@ -232,8 +234,18 @@ def render_html(
                       f"({_e(summary.label(i))}, n={int(summary.table['n'].iloc[i])}).</p>")
 
     imps = optuna_importances(Path(p) for p in paths)
+    # A figure per config costs ~0.25 s to draw and ~100 kB: a 1,000-trial sweep has hundreds of
+    # configs (595 figures, 150 s at the end of the sweep). Past DETAIL_GROUPS, the best ones by
+    # mean test ACC and the sweep's best and base configs get theirs; every config stays in the
+    # tables and the trade-off plot, and `pah analyze DIR --plots` draws them all.
+    detail = detail_groups(summary, DETAIL_GROUPS, keep=[c for _, cmp in comparisons if cmp is not None
+                                                          for c in (cmp.best_id, cmp.base_id)])
     figs = []
-    for name, fig in figures(results.frame, summary, sweep_dirs=paths, importances=imps):
+    if detail is not None:
+        figs.append(f'<p class="note">Per-group plots: the {len(detail)} groups with the highest mean test ACC '
+                    f"(and the best and base configs) of {len(summary.table)}; every group is in the tables "
+                    "and the ACC vs forgetting plot, and <code>pah analyze DIR --plots</code> draws each one.</p>")
+    for name, fig in figures(results.frame, summary, sweep_dirs=paths, importances=imps, groups=detail):
         data = base64.b64encode(png_bytes(fig)).decode()
         figs.append(f'<figure><img alt="{_e(name)}" src="data:image/png;base64,{data}">'
                     f"<figcaption>{_e(name)}</figcaption></figure>")

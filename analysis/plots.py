@@ -24,7 +24,7 @@ import math
 import re
 import textwrap
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -286,11 +286,14 @@ def figures(
     *,
     sweep_dirs: Iterable[str | Path] = (),
     importances: list[tuple[str, str, dict[str, float]]] | None = None,
+    groups: Collection[int] | None = None,
 ) -> Iterator[tuple[str, Figure]]:
     """Every figure for the summary ``s`` of ``frame``, as (file stem, figure), one at a time.
 
     ``importances``: Optuna's, as :func:`optuna_importances` returns them (default: computed
-    from the ``optuna.db`` files under ``sweep_dirs``).
+    from the ``optuna.db`` files under ``sweep_dirs``). ``groups``: the summary rows that get
+    their own figures and a curve in the average-accuracy plot (default: all); the trade-off
+    scatter always shows every group.
     """
     labels = group_labels(s)
     where = " · ".join(p for p in (context(s), key_note(short_names(s.extra[:MAX_LEGEND_KEYS]))) if p)
@@ -298,6 +301,8 @@ def figures(
     stacks: list[tuple[str, np.ndarray]] = []
     # the same group-by as aggregate(): its groups come in the order of the summary's rows
     for i, (_, g) in enumerate(frame.groupby(s.by, sort=True, dropna=False)):
+        if groups is not None and i not in groups:
+            continue
         stack = _matrices(g)
         if stack is None:  # seeds with different task counts (e.g. --by method across datasets)
             continue
@@ -313,6 +318,21 @@ def figures(
         importances = optuna_importances(Path(d) for d in sweep_dirs)
     for study, objective, imp in importances:
         yield f"optuna_importance_{_slug(study, taken)}", _importance_plot(study, objective, imp)
+
+
+def detail_groups(s: Summary, limit: int, keep: Iterable[str | None] = ()) -> list[int] | None:
+    """The summary rows worth a figure each when there are more than ``limit`` groups: the
+    ``limit`` with the highest mean test ACC, plus the groups whose config_id is in ``keep``
+    (e.g. the sweep's best and base configs); None (every group) when there are few."""
+    n = len(s.table)
+    if n <= limit:
+        return None
+    order = s.table["avg_acc_mean"].astype(float).fillna(-1.0).to_numpy().argsort(kind="stable")[::-1]
+    rows = [int(i) for i in order[:limit]]
+    if "config_id" in s.table:
+        ids = s.table["config_id"].astype(str).tolist()
+        rows += [ids.index(c) for c in keep if c is not None and c in ids and ids.index(c) not in rows]
+    return sorted(rows)
 
 
 def png_bytes(fig: Figure, dpi: int = 110) -> bytes:

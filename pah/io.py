@@ -6,6 +6,7 @@ path that cannot be written is exit 2 naming the option, not a traceback halfway
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -30,6 +31,14 @@ class WriteError(OSError):
     """A file could not be written (disk full, read-only, quota); the previous version is intact."""
 
 
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read once (reading it means setting it: not while other threads write)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write) -> None:
     """Write ``path`` through a temp file in its directory, fsync, then rename over it.
 
@@ -45,6 +54,9 @@ def _atomic(path: Path, write) -> None:
         raise WriteError(e.errno, f"cannot write {path}: {e.strerror}") from e
     try:
         with os.fdopen(fd, "wb") as f:
+            # mkstemp makes the file 0600: give it the mode open() would (0666 less the umask),
+            # so a result or report on a shared project directory stays readable by the group
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -178,6 +178,31 @@ def test_no_legend_covers_data_for_a_sweep_of_ten_configs(tmp_path):
     assert any(lab.startswith("555555555555 ") for lab in labels)  # no 'pah / split-digits /' in every entry
 
 
+def test_a_report_of_many_configs_draws_the_best_ones_and_lists_all(tmp_path, monkeypatch):
+    """A sweep of hundreds of configs drew a heatmap and task curves for each (595 figures, 150 s at
+    the end of a 1,000-trial sweep): past DETAIL_GROUPS, the best ones by mean ACC (and the base)
+    get figures, and every config stays in the table and the trade-off plot."""
+    import analysis.html as html
+
+    monkeypatch.setattr(html, "DETAIL_GROUPS", 4)
+    configs = ten_configs(tmp_path / "sweep", seeds=1)
+    res, s = analyze([tmp_path / "sweep"])
+    page = html.render_html(res, s, paths=[tmp_path / "sweep"])
+    alts = re.findall(r'<img alt="([^"]+)"', page)
+    assert len(alts) == 2 * 4 + 2
+    ranked = s.table.sort_values("avg_acc_mean", ascending=False)["config_id"].astype(str).tolist()
+    drawn = {cid for cid in configs for a in alts if a.startswith("acc_matrix_") and a.endswith(cid)}
+    assert drawn == set(ranked[:4])
+    assert "the 4 groups with the highest mean test ACC" in page and "of 10;" in page
+    assert all(cid in page for cid in configs)  # every config in the seed-averaged table
+    from analysis.plots import detail_groups
+
+    ids = s.table["config_id"].astype(str).tolist()
+    worst = ranked[-1]
+    assert detail_groups(s, 4, keep=[worst]) == sorted(ids.index(c) for c in [*ranked[:4], worst])  # the base kept
+    assert detail_groups(s, 10) is None
+
+
 # --------------------------------------------------------------------------- trial states
 
 

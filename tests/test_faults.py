@@ -168,3 +168,14 @@ def test_sigterm_stops_train_with_143_and_the_checkpoint_intact(finished, tmp_pa
     result = json.loads((out / "result.json").read_text())
     assert [row[: len(k)] for row, k in zip(result["acc_matrix"][: len(kept)], kept, strict=True)] == kept
     assert result["acc_matrix"] == json.loads((finished / "result.json").read_text())["acc_matrix"]
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
+    """result.json, checkpoints and report.html go through a temp file: not 0600 (mkstemp's
+    default), but 0666 less the umask, so group members of a shared project dir can read them."""
+    from pah.io import _umask, atomic_write_json
+
+    atomic_write_json(tmp_path / "r.json", {"a": 1})
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~_umask()
