@@ -118,3 +118,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         line += f" (CI mode: {n} skip(s) counted as failures" + (": " if n else "") + "; ".join(
             f"{k} x {reason}" for reason, k in failed.most_common()) + ")"
     terminalreporter.write_line(line)
+
+
+# --------------------------------------------------------------------------- order
+# Two workers take whole files (pyproject: -n 2 --dist loadfile --no-loadscope-reorder), in
+# collection order as each frees up. The files that take minutes go first, longest first, so
+# that the tail of the run is short tests on both workers; xdist's own order (most tests
+# first) left a file with one 100-s test to the end, run alone while the other worker idled.
+_LONG_FILES = ("test_sweep_e2e.py", "test_launch_slurm.py", "test_storage_s3.py", "test_launch_ray.py",
+               "test_train.py", "test_validity.py", "test_faults.py", "test_sweep_pack.py")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(_LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
