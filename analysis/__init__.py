@@ -4,7 +4,8 @@
 per-trial table (pandas), ``aggregate`` the per-group statistics, ``render`` the text
 formats, ``make_plots`` the figures and ``write_html`` the self-contained report.
 ``trial_status`` says what became of a trial without a result; ``compare_with_base`` and
-``sweep_summary`` compare a sweep's best config with its base config. ``pah analyze`` is
+``sweep_summary`` compare a sweep's best config with its base config; ``sweep_report`` reads a
+whole sweep once, for what ``pah sweep`` prints and writes at its end. ``pah analyze`` is
 ``analysis.cli``.
 """
 
@@ -19,12 +20,14 @@ from analysis.report import FORMATS, records, render
 from analysis.states import TrialState, TrialStatus, trial_status
 from analysis.stats import Summary, aggregate
 from analysis.sweep import sweep_summary
+from analysis.sweep_report import SweepReport, sweep_report
 
 __all__ = [
     "FORMATS",
     "BaseComparison",
     "Results",
     "Summary",
+    "SweepReport",
     "TrialState",
     "TrialStatus",
     "aggregate",
@@ -36,6 +39,7 @@ __all__ = [
     "records",
     "render",
     "summarize_dirs",
+    "sweep_report",
     "sweep_summary",
     "trial_status",
     "write_html",

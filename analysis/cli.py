@@ -46,7 +46,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sweeps import storage
+    from pah import storage
 
     uris = [d for d in args.dirs if storage.is_uri(d)]
     if not uris:
@@ -87,16 +87,30 @@ def _run(args: argparse.Namespace) -> int:
 
         extra = wandb_results(args.wandb)
 
-    # ---- load, aggregate, report
+    # ---- load, aggregate, compare, render
     results = load_results(args.dirs, extra=extra)
     summary = aggregate(results.frame, args.by, baseline=args.baseline)
-    text = render(summary, args.format)
-    for line in notes(results, summary):
-        print(line, file=sys.stderr)
     from analysis.sweep import find_sweeps
 
-    for sweep in find_sweeps(args.dirs):
-        cmp = sweep.comparison(results.frame)
+    sweeps = find_sweeps(args.dirs)
+    reports = None
+    if args.html:  # the report lists every trial's state: each sweep read once (analysis.sweep_report)
+        from analysis.sweep_report import report_for
+
+        alone = len(args.dirs) == 1 and not args.wandb  # the results are a study's own: its table from them
+        reports = [report_for(sw, results, study_results=alone) for sw in sweeps]
+    study = _study(args, results, reports)
+    if study is not None:  # one row per method (analysis/study_table.py); --by config_id gives every config
+        from analysis.study_table import render_study
+
+        text = render_study(study, args.format)
+    else:
+        text = render(summary, args.format)
+    for line in notes(results, summary):
+        print(line, file=sys.stderr)
+    comparisons = ([(r.info, r.comparison) for r in reports] if reports is not None
+                   else [(sw, sw.comparison(results.frame)) for sw in sweeps])
+    for sweep, cmp in comparisons:
         if cmp is not None:
             for line in cmp.lines(sweep.describe_configs()):
                 print(line, file=sys.stderr)
@@ -119,9 +133,21 @@ def _run(args: argparse.Namespace) -> int:
     if args.html:
         from analysis.html import write_html
 
-        write_html(args.dirs, args.html, results=results, summary=summary)
+        write_html(args.dirs, args.html, results=results, summary=summary, reports=reports)
         print(f"html: {args.html}", file=sys.stderr)
     return 0
+
+
+def _study(args: argparse.Namespace, results, reports):
+    """The study table when the one DIR is a study and neither --by nor --baseline asks for another grouping
+    (from the ``results`` loaded already: that DIR's alone; or the one its ``reports`` hold)."""
+    if len(args.dirs) != 1 or args.by is not None or args.baseline is not None or args.wandb:
+        return None
+    if reports is not None:
+        return reports[0].study if reports else None
+    from analysis.study_table import study_table
+
+    return study_table(args.dirs[0], results=results)
 
 
 def _check_html(value: str) -> None:

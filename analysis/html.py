@@ -18,20 +18,23 @@ import platform
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis.compare import NAMES, BaseComparison
 from analysis.load import METRICS, Results, load_results
+from analysis.markup import html_table as _table
 from analysis.report import HEADERS, constant_fields, fmt_field, key_note, short_names
 from analysis.states import TrialState, TrialStatus
 from analysis.stats import Summary, aggregate
-from analysis.sweep import SweepInfo, find_sweeps, sweep_trials
+from analysis.sweep import SweepInfo, find_sweeps
 from pah.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from analysis.sweep_report import SweepReport
 
 __all__ = ["write_html", "render_html", "DETAIL_GROUPS"]
 
@@ -67,19 +70,6 @@ def _pct(v: Any) -> str:
     except (TypeError, ValueError):
         return "n/a"
     return "n/a" if math.isnan(f) else f"{100 * f:.2f}"
-
-
-def _table(head: Sequence[str], rows: Iterable[Sequence[str]], *, numeric: Iterable[int] = (),
-           classes: Sequence[str] | None = None) -> str:
-    """An HTML table from already-escaped cells."""
-    num = set(numeric)
-    out = ["<table>", "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
-    for i, r in enumerate(rows):
-        cls = f' class="{classes[i]}"' if classes and classes[i] else ""
-        out.append(f"<tr{cls}>" + "".join(f'<td class="num">{c}</td>' if j in num else f"<td>{c}</td>"
-                                          for j, c in enumerate(r)) + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
 
 
 def _summary_table(s: Summary, *, best: str | None, base: str | None) -> str:
@@ -152,9 +142,9 @@ def _trials(statuses: Sequence[TrialStatus], frame: pd.DataFrame) -> str:
             + _table(["phase", "trial", "state", "config_id", "seed", "ACC %", "detail"], rows, numeric=[4, 5]))
 
 
-def _statuses(results: Results, sweeps: Sequence[SweepInfo]) -> list[TrialStatus]:
-    if sweeps:
-        return [t for sw in sweeps for t in sweep_trials(sw.dir)]
+def _statuses(results: Results, reports: Sequence[SweepReport]) -> list[TrialStatus]:
+    if reports:
+        return [t for r in reports for t in r.statuses]
     done = [TrialStatus(Path(p).parent, TrialState.FINISHED) for p in results.frame["path"]]
     return sorted(done + list(results.trials), key=lambda t: str(t.path))
 
@@ -206,16 +196,25 @@ def render_html(
     *,
     paths: Sequence[str | Path],
     title: str | None = None,
+    reports: Sequence[SweepReport] | None = None,
 ) -> str:
-    """The whole report as one HTML string (figures are rendered here, to PNG in memory)."""
+    """The whole report as one HTML string (figures are rendered here, to PNG in memory).
+
+    ``reports``: the sweeps among ``paths`` as read already (analysis.sweep_report: their trials'
+    states, comparison, a study's table); read here from ``results`` when not given."""
     import yaml
 
     from analysis.plots import detail_groups, figures, optuna_importances, png_bytes
 
-    sweeps = find_sweeps(paths)
+    if reports is None:
+        from analysis.sweep_report import report_for
+
+        # a study's table from these results only when they are the study's alone (one path)
+        reports = [report_for(sw, results, study_results=len(paths) == 1) for sw in find_sweeps(paths)]
+    sweeps = [r.info for r in reports]
     title = title or (f"Sweep {sweeps[0].name}" if len(sweeps) == 1 else
                       "Results" + (": " + ", ".join(str(p) for p in paths) if paths else ""))
-    comparisons = [(sw, sw.comparison(results.frame)) for sw in sweeps]
+    comparisons = [(r.info, r.comparison) for r in reports]
     best = base = None
     glance = []
     for sw, c in comparisons:
@@ -224,7 +223,7 @@ def render_html(
             glance.append(f'<p class="verdict">{_e(sw.name)}: {_e(c.verdict())}.</p>')
         elif sw.base:
             glance.append(f"<p>{_e(sw.name)}: the base config has no finished result in this sweep.</p>")
-    statuses = _statuses(results, sweeps)
+    statuses = _statuses(results, reports)
     counts = Counter(s.state for s in statuses)
     glance.append("<p>Trials: " + _e(", ".join(f"{counts[st]} {st.value}" for st in TrialState if counts[st])) + ".</p>")
     if len(summary.table):
@@ -260,6 +259,12 @@ def render_html(
     for sw, c in comparisons:
         if c is not None:
             sections += [f"<h2>Best config vs base config ({_e(sw.name)})</h2>", _comparison(c, sw.describe_configs())]
+    for r in reports:  # a study (sweeps/study.py): its methods' table first
+        if r.study is not None:
+            from analysis.study_table import study_html
+
+            sections[3:3] = [f"<h2>Study {_e(r.info.name)}: each method tuned with the same budget</h2>",
+                             study_html(r.study)]
     sections += ["<h2>Plots</h2>", "\n".join(figs), "<h2>Optuna hyperparameter importances</h2>", _importances(imps)]
     for sw in sweeps:
         sections += [f"<h2>Spec ({_e(sw.name)})</h2>",
@@ -283,11 +288,15 @@ def write_html(
     summary: Summary | None = None,
     by: str | Sequence[str] | None = None,
     baseline: str | None = None,
+    reports: Sequence[SweepReport] | None = None,
 ) -> Path:
-    """Write the report of the results under ``paths`` to ``out`` (atomically); returns ``out``."""
+    """Write the report of the results under ``paths`` to ``out`` (atomically); returns ``out``.
+
+    What was read already is passed on, not read again: ``results``, ``summary`` (their
+    aggregate) and ``reports`` (see :func:`render_html`)."""
     if results is None:
         results = load_results(paths)
     if summary is None:
         summary = aggregate(results.frame, by, baseline=baseline)
-    atomic_write_bytes(Path(out), render_html(results, summary, paths=paths).encode())
+    atomic_write_bytes(Path(out), render_html(results, summary, paths=paths, reports=reports).encode())
     return Path(out)

@@ -4,7 +4,9 @@ A sweep nests its trials several levels deep and may still be running, so loadin
 forgiving about the files it finds and strict about the paths it is given: a path that
 does not exist is bad input; a trial without a result is counted by its state (stopped
 early by the scheduler, errored, unfinished: see :mod:`analysis.states`) and skipped; a
-file that is not a schema-1 result is reported and skipped.
+file that is not a schema-1 result is reported and skipped, and so is one whose ``acc_matrix``
+is not T x T for its dataset's T tasks, lower-triangular with values in [0, 1], or whose
+``metrics`` disagree with that matrix.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ METRICS = ("avg_acc", "forgetting", "bwt")
 #: the validation metrics a result may carry (what sweeps select on); per-trial values, never fields
 VAL_METRICS = tuple(f"val_{m}" for m in METRICS)
 REQUIRED_KEYS = ("schema", "method", "dataset", "seed", "config_id", "acc_matrix")
+#: how far a result's ``metrics`` may be from what its ``acc_matrix`` gives (float rounding in JSON)
+METRICS_TOLERANCE = 1e-6
 
 
 @dataclass
@@ -94,14 +98,17 @@ def parse_result(obj: Any) -> dict[str, Any]:
     if not isinstance(obj["seed"], int) or isinstance(obj["seed"], bool):
         raise ValueError(f"seed {obj['seed']!r} is not an integer")
     R = obj["acc_matrix"]
-    if not isinstance(R, list) or not all(isinstance(r, list) for r in R):
-        raise ValueError("acc_matrix is not a list of lists")
-    for row in R:
-        for v in row:
-            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)):
-                raise ValueError(f"acc_matrix holds {v!r}, not a finite number")
-    # The metrics are functions of R (CONTRACT.md): recompute them rather than trust the copy.
-    summary = metrics.summarize(R)  # ValueError on a ragged or incomplete matrix
+    _check_matrix(R, obj.get("config"), str(obj["dataset"]))
+    # The metrics are functions of R (CONTRACT.md): recompute them, and refuse a copy that disagrees.
+    summary = metrics.summarize(R)
+    given = obj.get("metrics")
+    if given is not None and not isinstance(given, dict):
+        raise ValueError(f"metrics is {type(given).__name__}, not an object")
+    for m in METRICS:
+        v = (given or {}).get(m)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)
+                              or not math.isclose(v, summary[m], rel_tol=0, abs_tol=METRICS_TOLERANCE)):
+            raise ValueError(f"metrics.{m} is {v!r} but acc_matrix gives {summary[m]:.6g}")
     T = len(R)
     row: dict[str, Any] = {
         "method": str(obj["method"]),
@@ -113,7 +120,7 @@ def parse_result(obj: Any) -> dict[str, Any]:
     }
     for j in range(T):
         row[f"acc_t{j + 1}"] = float(R[T - 1][j])
-    row["acc_matrix"] = [[None if v is None else float(v) for v in r[:T]] + [None] * (T - len(r)) for r in R]
+    row["acc_matrix"] = [[None if v is None else float(v) for v in r] for r in R]
     val = obj.get("val_metrics")
     if isinstance(val, dict):  # reported by the trial (no validation matrix to recompute them from)
         for m in METRICS:
@@ -132,6 +139,50 @@ def parse_result(obj: Any) -> dict[str, Any]:
             if k != "seed":  # the seed is a row, not a hyperparameter
                 row.setdefault(k, json.dumps(v) if isinstance(v, list) else v)  # lists: hashable for a group-by
     return row
+
+
+def _check_matrix(R: Any, config: Any, dataset: str) -> None:
+    """``R`` is T x T for the dataset's T tasks, lower-triangular (null above the diagonal), values in [0, 1].
+
+    Raises ValueError saying what is wrong (a result written by `pah train` always passes)."""
+    if not isinstance(R, list) or not R or not all(isinstance(r, list) for r in R):
+        raise ValueError("acc_matrix is not a non-empty list of lists")
+    T = len(R)
+    lengths = sorted({len(r) for r in R})
+    if lengths != [T]:
+        raise ValueError(f"acc_matrix is not square: {T} rows of length {', '.join(map(str, lengths))}")
+    for i, row in enumerate(R):
+        for j, v in enumerate(row):
+            if j > i:
+                if v is not None:
+                    raise ValueError(f"acc_matrix[{i}][{j}] is {v!r} above the diagonal (expected null)")
+            elif v is None or not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ValueError(f"acc_matrix[{i}][{j}] is {v!r}, not a finite number")
+            elif not 0.0 <= v <= 1.0:
+                raise ValueError(f"acc_matrix[{i}][{j}] is {v!r}, outside [0, 1]")
+    expected = dataset_tasks((config or {}).get("data") if isinstance(config, dict) else None, dataset)
+    if expected is not None and expected != T:
+        raise ValueError(f"acc_matrix is {T}x{T} but {dataset} has {expected} tasks")
+
+
+def dataset_tasks(data: Any, dataset: str) -> int | None:
+    """The number of tasks of a result's dataset: ``data.num_tasks`` if the config sets it, else the
+    benchmark's declared shape; None when it cannot be known (a dataset this version does not have)."""
+    data = data if isinstance(data, dict) else {}
+    n = data.get("num_tasks")
+    if isinstance(n, int) and not isinstance(n, bool):
+        return n
+    name = data.get("name", dataset)
+    if name == "synthetic" and isinstance(data.get("shape_like"), str):
+        name = data["shape_like"]
+    return _declared_tasks(str(name))
+
+
+def _declared_tasks(name: str) -> int | None:
+    """The declared number of tasks of benchmark ``name`` (pah.conf.shapes: data, no torch)."""
+    from pah.conf import SHAPES
+
+    return SHAPES.get(name).num_tasks if name in SHAPES else None
 
 
 def _candidates(path: Path) -> tuple[list[Path], list[Path]]:

@@ -11,7 +11,13 @@ driver crash and ``pah sweep --resume``, and ``pah analyze`` needs nothing but t
   (a retry under way when everything was killed), which makes it unfinished;
 - a checkpoint (``checkpoint/state.pt``) or a started sweep trial (``params.json`` and
   ``log.txt``) and none of the above: **unfinished**, i.e. killed or still running;
-  ``pah train`` on the same directory or ``pah sweep --resume`` continues it.
+  ``pah train`` on the same directory or ``pah sweep --resume`` continues it;
+- a sweep trial (``SWEEP/trials/PHASE/ID``) that would be unfinished but that Tune's saved
+  experiment (``SWEEP/tune/PHASE/experiment_state-*.json``, the one a restore starts from)
+  does not know: **orphaned**. It started after Tune's last snapshot and then the driver was
+  killed (SIGKILL, a second SIGTERM): a restore cannot continue it (Tune samples another
+  trial in its place) and leaves it alone, so it is never called resumable. Its detail says
+  what it holds.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "STOPPED",
     "ERROR",
     "RESULT",
+    "known_trials",
 ]
 
 RESULT = "result.json"
@@ -50,6 +57,7 @@ class TrialState(str, Enum):
     STOPPED = "stopped early"
     ERRORED = "errored"
     UNFINISHED = "unfinished"
+    ORPHANED = "orphaned"
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,8 @@ class TrialStatus:
             return f"errored: {self.detail}"
         if self.state is TrialState.UNFINISHED:
             return f"unfinished ({self.detail})"
+        if self.state is TrialState.ORPHANED:
+            return f"orphaned ({self.detail})"
         return "finished"
 
 
@@ -117,8 +127,47 @@ def trial_status(d: str | Path) -> TrialStatus:
             kind, msg = str(err.get("type") or "").strip(), first_line(err.get("message") or "")
             text = f"{kind}: {msg}" if kind and msg else (kind or msg or "unknown error")
             return TrialStatus(d, TrialState.ERRORED, text, at_error)
+    known = _known_to_sweep(d)
+    if known is not None and d.name not in known:
+        holds = ", ".join(sorted(p.name for p in d.iterdir())) if d.is_dir() else "nothing"
+        return TrialStatus(d, TrialState.ORPHANED, f"unknown to Tune's saved experiment, which a resume restores, "
+                                                   f"so left alone; it holds {holds}", done)
     progress = f"{done} task(s) done, resumable" if done is not None else "killed or still running; resumable"
     return TrialStatus(d, TrialState.UNFINISHED, progress, done)
+
+
+_KNOWN: dict[str, tuple[tuple[str, int, int], set[str]]] = {}
+
+
+def known_trials(exp_dir: str | Path) -> set[str] | None:
+    """The trial ids in the newest complete experiment state of Tune's experiment dir ``exp_dir``
+    (``sweeps.snapshot`` keeps a good copy in ``.pah-snapshot/``); None when there is none to read."""
+    exp_dir = Path(exp_dir)
+    for d in (exp_dir, exp_dir / ".pah-snapshot"):
+        states = sorted(d.glob("experiment_state-*.json"))
+        if not states:
+            continue
+        try:
+            st = states[-1].stat()
+            key = (str(states[-1]), st.st_mtime_ns, st.st_size)
+            cached = _KNOWN.get(str(d))
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            ids = {str(json.loads(entry[0])["trial_id"]) for entry in json.loads(states[-1].read_text())["trial_data"]}
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            continue  # being rewritten, or broken: its good copy
+        _KNOWN[str(d)] = (key, ids)
+        return ids
+    return None
+
+
+def _known_to_sweep(d: Path) -> set[str] | None:
+    """For a sweep trial dir (SWEEP/trials/PHASE/ID), the trials Tune's saved experiment of PHASE knows."""
+    sweep = d.parent.parent.parent
+    if d.parent.parent.name != "trials" or not (sweep / "sweep.json").is_file():
+        return None
+    exp = sweep / "tune" / d.parent.name
+    return known_trials(exp) if exp.is_dir() else None
 
 
 def _is_trial_dir(d: Path) -> bool:
@@ -180,4 +229,11 @@ def describe(statuses: Sequence[TrialStatus], *, limit: int = 5) -> list[str]:
         shown = ", ".join(str(s.path) for s in unfinished[:limit]) + (", ..." if len(unfinished) > limit else "")
         lines.append(f"{len(unfinished)} unfinished (killed or still running; `pah sweep --resume` or `pah train` "
                      f"continues them): {shown}")
+    orphaned = [s for s in statuses if s.state is TrialState.ORPHANED]
+    if orphaned:
+        lines.append(f"{len(orphaned)} orphaned (unknown to their sweep's saved Tune experiment: never resumed, "
+                     f"left alone):")
+        lines += [f"  {s.path}: {s.detail}" for s in orphaned[:limit]]
+        if len(orphaned) > limit:
+            lines.append(f"  ... and {len(orphaned) - limit} more")
     return lines

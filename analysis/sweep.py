@@ -20,7 +20,8 @@ from analysis.states import TrialState, TrialStatus, trial_status
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["SweepInfo", "find_sweeps", "read_sweep", "sweep_trials", "phase_lines", "sweep_summary", "STATE"]
+__all__ = ["SweepInfo", "find_sweeps", "read_sweep", "sweep_trials", "phase_lines", "sweep_summary", "summary_lines",
+           "STATE"]
 
 STATE = "sweep.json"
 
@@ -70,16 +71,46 @@ class SweepInfo:
             out[cid] = (out.get(cid, "") + " (the spec's base config)").strip()
         return out
 
+    @property
+    def confirms(self) -> bool:
+        """Whether the sweep has a confirm phase (its table then holds the confirmed configs only)."""
+        return bool((self.spec.get("confirm") or {}).get("top_k"))
+
+    def _inside(self, frame: pd.DataFrame) -> list[bool]:
+        root = self.dir.resolve()
+        return [Path(p).resolve().is_relative_to(root) for p in frame["path"]]
+
+    def table_rows(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``frame`` that the sweep's table holds: the confirmed runs, i.e. the confirm
+        phase's trials and, when the search seed is a confirm seed, the candidates' search trials
+        (their result is reused: ``sweeps.phases.confirm_jobs``); every search trial when the sweep
+        has no confirm phase. A study's table (analysis.study_table) holds the same runs."""
+        confirm = (self.state.get("phases") or {}).get("confirm") or {}
+        seeds = list((self.spec.get("confirm") or {}).get("seeds") or [])
+        reused = {c["config_id"] for c in self.candidates if c.get("dir")} if confirm.get("search_seed") in seeds else set()
+        keep = []
+        for inside, path, cid in zip(self._inside(frame), frame["path"], frame["config_id"], strict=True):
+            phase = _phase(Path(path))
+            keep.append(inside and ((phase == "search" and (cid in reused or not self.confirms))
+                                    or (phase == "confirm" and self.confirms)))
+        return frame[keep].reset_index(drop=True)
+
     def comparison(self, frame: pd.DataFrame) -> BaseComparison | None:
         """The best confirmed config against the base, from the rows of ``frame`` inside this sweep."""
         if not self.base:
             return None
-        inside = frame[[Path(p).resolve().is_relative_to(self.dir.resolve()) for p in frame["path"]]]
+        inside = frame[self._inside(frame)]
         cands = [c["config_id"] for c in self.candidates]
         if not cands:  # no confirm phase: every searched config competes on its one seed
             cands = list(dict.fromkeys(inside["config_id"]))
         metric, mode = self.metric
         return compare_with_base(inside, candidates=cands, base_id=self.base["config_id"], metric=metric, mode=mode)
+
+
+def _phase(result: Path) -> str:
+    """``search`` / ``confirm`` for a sweep trial's result (``SWEEP/trials/PHASE/ID/result.json``), else ''."""
+    parts = result.parts
+    return parts[-3] if len(parts) >= 4 and parts[-4] == "trials" else ""
 
 
 def read_sweep(path: str | Path) -> SweepInfo | None:
@@ -123,20 +154,21 @@ def phase_lines(statuses: Iterable[TrialStatus]) -> list[str]:
             parts.append(f"{n[TrialState.ERRORED]} errored")
         if n[TrialState.UNFINISHED]:
             parts.append(f"{n[TrialState.UNFINISHED]} unfinished (killed, resumable)")
+        if n[TrialState.ORPHANED]:
+            parts.append(f"{n[TrialState.ORPHANED]} orphaned (unknown to the saved Tune experiment, left alone)")
         lines.append(f"{phase}: {len(group)} trial(s): {', '.join(parts)}")
         errors += [f"  errored: {phase}/{s.path.name}: {s.detail}" for s in group if s.state is TrialState.ERRORED]
+        errors += [f"  orphaned: {phase}/{s.path.name}: {s.detail}" for s in group if s.state is TrialState.ORPHANED]
     return lines + errors
 
 
 def sweep_summary(sweep_dir: str | Path, frame: pd.DataFrame | None = None) -> list[str]:
-    """The lines the sweep prints under its table: trial states, phase times, best vs base."""
+    """The lines the sweep prints under its table: trial states, phase times, best vs base.
+
+    ``frame``: the sweep's results (``load_results``), loaded here when not given."""
     info = read_sweep(sweep_dir)
     if info is None:
         return []
-    lines = ["trials:"] + [f"  {line}" for line in phase_lines(sweep_trials(info.dir))]
-    secs = info.seconds()
-    if secs:
-        lines.append("time: " + ", ".join(f"{p} {s:.0f} s" for p, s in secs.items()))
     if frame is None:
         from analysis.load import load_results
         from pah.errors import UserError
@@ -144,10 +176,21 @@ def sweep_summary(sweep_dir: str | Path, frame: pd.DataFrame | None = None) -> l
         try:
             frame = load_results([info.dir]).frame
         except UserError:
-            return lines
-    cmp = info.comparison(frame)
-    if cmp is not None:
-        lines += cmp.lines(info.describe_configs())
-    elif info.base:
+            frame = None
+    return summary_lines(info, sweep_trials(info.dir), None if frame is None else info.comparison(frame),
+                         compared=frame is not None)
+
+
+def summary_lines(info: SweepInfo, statuses: Iterable[TrialStatus], comparison: BaseComparison | None, *,
+                  compared: bool = True) -> list[str]:
+    """:func:`sweep_summary`'s lines from what was read already: the trials' states, the comparison
+    (``compared``: False when there was no result to compare, which says nothing about it)."""
+    lines = ["trials:"] + [f"  {line}" for line in phase_lines(statuses)]
+    secs = info.seconds()
+    if secs:
+        lines.append("time: " + ", ".join(f"{p} {s:.0f} s" for p, s in secs.items()))
+    if comparison is not None:
+        lines += comparison.lines(info.describe_configs())
+    elif compared and info.base:
         lines.append("best vs base config: the base config has no finished result in this sweep")
     return lines

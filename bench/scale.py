@@ -176,8 +176,8 @@ def child(args) -> int:
     snap.backup = backup.wrap(snap.backup)
     import sweeps.driver as drv
 
-    ends = {"summary_table": _Timer(), "write_report": _Timer(), "_export_study": _Timer()}
-    for name, timer in ends.items():  # what the driver does after the search: table, report, study
+    ends = {"read_results": _Timer(), "summary_table": _Timer(), "write_report": _Timer(), "_export_study": _Timer()}
+    for name, timer in ends.items():  # what the driver does after the search: read results once, table, report, study
         setattr(drv, name, timer.wrap(getattr(drv, name)))
     fit_cpu = []
     real_fit = ray.tune.Tuner.fit

@@ -3,18 +3,20 @@
 Each subcommand lives in its own package and exposes ``configure(parser)`` and
 ``run(args) -> int``; heavy imports (Ray, Optuna, submitit, W&B) happen inside
 ``run``, so ``pah train`` and ``pah bench`` work where only PyTorch is installed.
-Exit codes: 0 success, 2 bad input (one ``error:`` line), 1 runtime failure.
+Exit codes: 0 success, 2 bad input (one ``error:`` line), 1 runtime failure, 128 + N stopped by
+signal N (130 SIGINT, 143 SIGTERM; the ``error:`` line names the command that resumes).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 import traceback
 from pathlib import Path
 
-from pah.errors import UserError
+from pah.errors import Failed, Interrupted, UserError, one_line
 
 __all__ = ["main", "build_parser"]
 
@@ -57,15 +59,26 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # a signal; the message names the command that resumes
+        print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except Failed as e:  # ended, results kept, part of the work failed: the message says what and what next
+        print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a runtime failure: the reason, and the traceback for a bug report
         from pah.trial import NonFiniteLoss
 
-        if type(e).__name__ == "OutOfMemoryError":  # torch's: the reason is the size, not a bug
-            print(f"error: out of memory ({one_line(str(e), 300)}); try a smaller train.batch_size or "
-                  "train.eval_batch_size", file=sys.stderr)
+        if _out_of_memory(e):  # the reason is a size, not a bug: no traceback
+            print(f"error: out of memory ({one_line(str(e) or type(e).__name__, 300)}); try a smaller "
+                  "train.batch_size or train.eval_batch_size", file=sys.stderr)
+            return 1
+        if isinstance(e, OSError) and e.errno in _CANNOT_WRITE:  # a read-only or full storage path: no bug either
+            where = f" {e.filename}" if e.filename else ""
+            print(f"error: cannot write{where}: {e.strerror}; run the same command again once it can be written",
+                  file=sys.stderr)
             return 1
         if not isinstance(e, NonFiniteLoss):
             traceback.print_exc()
@@ -73,10 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def one_line(message: str, limit: int = 1000) -> str:
-    """A message as one line of at most ``limit`` characters (user input can hold newlines or be huge)."""
-    text = " ".join(message.split())
-    return text if len(text) <= limit else text[: limit - 5] + " ..."
+#: errno values of a storage path that cannot be written (read-only, no permission, full)
+_CANNOT_WRITE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """torch's CUDA OutOfMemoryError, Python's MemoryError (NumPy's too), or torch's CPU allocator failing."""
+    return (type(e).__name__ == "OutOfMemoryError" or isinstance(e, MemoryError)
+            or (isinstance(e, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(e)))
 
 
 def default_out(kind: str, name: str) -> Path:

@@ -3,8 +3,11 @@
 A config is data: YAML (a file, or a preset shipped in ``pah/presets``) plus
 ``--set a.b=c`` overrides. Every key is checked against the dataclasses below; the
 ``method`` section is checked against the chosen method's own ``Params`` dataclass,
-so each method declares its hyperparameters next to its code. Any problem raises
-:class:`~pah.errors.UserError` naming the field and listing the valid keys.
+declared in :mod:`pah.conf` beside every benchmark's shape and every backbone's name.
+Any problem raises :class:`~pah.errors.UserError` naming the field and listing the valid keys.
+
+Part of the configuration layer: this module imports neither torch nor numpy (nor the
+methods, benchmarks and backbones that do); see docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any, Literal
 
 import yaml
 
+from pah.conf import BACKBONE_NAMES, PARAMS, SHAPES, MethodParams
+from pah.conf.base import check as _check
 from pah.errors import UserError
 
 __all__ = [
@@ -86,6 +91,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs_per_task: int = 5
+    #: train each task for exactly this many steps instead (passes over its shuffled data, as many
+    #: as it takes, the last one cut short; van de Ven's protocols: 2,000 a task); None: epochs_per_task
+    iters_per_task: int | None = None
     batch_size: int = 64
     eval_batch_size: int = 512
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -116,6 +124,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.epochs_per_task >= 1, "train.epochs_per_task", self.epochs_per_task, ">= 1")
+        _check(self.iters_per_task is None or self.iters_per_task >= 1, "train.iters_per_task", self.iters_per_task, ">= 1")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, ">= 1")
         _check(self.lr > 0, "train.lr", self.lr, "> 0")
@@ -123,13 +132,6 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
         _check(self.check_every >= 1, "train.check_every", self.check_every, ">= 1")
         _check(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, ">= 0")
-
-
-@dataclass(frozen=True)
-class MethodParams:
-    """Base of every method's hyperparameters; subclasses add their own fields."""
-
-    name: str = "pah"
 
 
 @dataclass(frozen=True)
@@ -145,11 +147,6 @@ class Config:
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check(ok: bool, key: str, value: object, what: str) -> None:
-    if not ok:
-        raise UserError(f"{key}: {value!r} is out of range (must be {what})")
 
 
 def _type_name(tp: Any) -> str:
@@ -232,6 +229,7 @@ LIMITS: dict[str, tuple[int, int]] = {
     "train.batch_size": (1, 2**20),
     "train.eval_batch_size": (1, 2**20),
     "train.epochs_per_task": (1, 100_000),
+    "train.iters_per_task": (1, 100_000_000),
     "data.num_tasks": (1, 10_000),
     "data.classes_per_task": (1, 100_000),
     "data.image_size": (1, 4096),
@@ -273,14 +271,12 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    from pah.methods import METHODS  # local: methods import torch
-
     raw = dict(raw)
     method_raw = raw.pop("method", None) or {}
     if not isinstance(method_raw, dict):
         raise UserError(f"method: expected a mapping, got {method_raw!r}")
     name = method_raw.get("name", MethodParams.name)
-    params_cls = METHODS.get(_coerce(name, str, "method.name")).Params
+    params_cls = PARAMS.get(_coerce(name, str, "method.name"))
     method = _build(params_cls, method_raw, "method")
     cfg = _build(Config, raw, "")
     cfg = dataclasses.replace(cfg, method=method)
@@ -289,17 +285,14 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
 
 def _cross_check(cfg: Config) -> None:
-    from pah.data import BENCHMARKS
-    from pah.models import BACKBONES
-
-    BENCHMARKS.get(cfg.data.name)  # raises UserError listing the valid names
-    BACKBONES.get(cfg.model.backbone)
+    SHAPES.get(cfg.data.name)  # raises UserError listing the valid names
+    BACKBONE_NAMES.get(cfg.model.backbone)
     if cfg.data.shape_like is not None:
         if cfg.data.name != "synthetic":
             raise UserError("data.shape_like: only the 'synthetic' benchmark takes a shape_like")
         if cfg.data.shape_like == "synthetic":
             raise UserError("data.shape_like: 'synthetic' cannot copy its own shape")
-        BENCHMARKS.get(cfg.data.shape_like)
+        SHAPES.get(cfg.data.shape_like)
 
 
 # --------------------------------------------------------------------------- loading
@@ -477,7 +470,7 @@ def load_config(source: str | Path | dict[str, Any] = "split-digits-pah", overri
 
 
 #: keys added after runs existed, with their defaults: left out of ``config_id`` while at the default
-_LATER_KEYS = {("train", "cuda_graph"): False}
+_LATER_KEYS = {("train", "cuda_graph"): False, ("train", "iters_per_task"): None}
 
 
 def config_id(cfg: Config) -> str:

@@ -42,7 +42,8 @@ def write_result(trial_dir: Path, *, method: str, config_id: str, seed: int, R, 
         "method": method,
         "dataset": dataset,
         "seed": seed,
-        "config": {"seed": seed, "method": {"name": method}, "data": {"name": dataset}, "train": {"lr": lr}},
+        "config": {"seed": seed, "method": {"name": method}, "data": {"name": dataset, "num_tasks": len(R)},
+                   "train": {"lr": lr}},
         "config_id": config_id,
         "acc_matrix": R,
         "metrics": hand_metrics(R),
@@ -232,6 +233,42 @@ def test_mixed_directory_counts(tmp_path, capsys):
     assert again.finished == 2 and len(again.unfinished) == 2
 
 
+@pytest.mark.parametrize("R, num_tasks, metrics, why", [
+    ([[1, None], [3, 4]], 2, None, "acc_matrix[1][0] is 3, outside [0, 1]"),  # 1-4 as fractions: ACC 350 %
+    ([[0.9], [0.8, 0.7, 0.6]], 2, None, "not square: 2 rows of length 1, 3"),  # jagged
+    ([[0.9, None, None], [0.8, 0.7, None]], 2, None, "not square: 2 rows of length 3"),
+    ([[0.9, None], [0.8, 0.7]], None, None, "acc_matrix is 2x2 but split-digits has 5 tasks"),
+    ([[0.9, 0.5], [0.8, 0.7]], 2, None, "acc_matrix[0][1] is 0.5 above the diagonal"),
+    ([[0.9, None], [None, 0.7]], 2, None, "acc_matrix[1][0] is None, not a finite number"),
+    ([[0.9, None], [0.8, 0.7]], 2, {"avg_acc": 0.9}, "metrics.avg_acc is 0.9 but acc_matrix gives 0.75"),
+    ([[0.9, None], [0.8, 0.7]], 2, {"forgetting": -0.1}, "metrics.forgetting is -0.1 but acc_matrix gives 0.1"),
+])
+def test_bad_matrices_are_skipped_with_a_warning(tmp_path, capsys, R, num_tasks, metrics, why):
+    """The issue's hand-written bad results: each one a warning naming its file, counted as malformed."""
+    root = tmp_path / "sweep"
+    write_result(root / "good", method="pah", config_id="g", seed=0, R=matrix(2))
+    bad = write_result(root / "bad", method="pah", config_id="b", seed=0, R=matrix(2))
+    bad["acc_matrix"], bad["metrics"] = R, metrics or {}
+    bad["config"]["data"]["num_tasks"] = num_tasks  # None: split-digits' own 5 tasks
+    (root / "bad" / "result.json").write_text(json.dumps(bad))
+
+    res = load_results([root])
+    assert res.finished == 1 and list(res.frame["config_id"]) == ["g"]
+    assert len(res.malformed) == 1 and res.malformed[0][0] == root / "bad" / "result.json"
+    assert why in res.malformed[0][1]
+    rc, _, err = run_cli(capsys, str(root), "--format", "json")
+    assert rc == 0 and f"warning: skipped {root / 'bad' / 'result.json'}: " in err and "1 malformed" in err
+
+
+def test_a_matrix_of_the_dataset_shape_with_its_metrics_loads(tmp_path):
+    R = [[0.9 if j <= i else None for j in range(5)] for i in range(5)]
+    obj = write_result(tmp_path / "t", method="pah", config_id="a", seed=0, R=R)
+    obj["config"]["data"].pop("num_tasks")  # split-digits: 5 tasks
+    obj["metrics"] = {k: v + 1e-9 for k, v in obj["metrics"].items()}  # float rounding is no disagreement
+    (tmp_path / "t" / "result.json").write_text(json.dumps(obj))
+    assert load_results([tmp_path]).finished == 1
+
+
 def test_duplicate_seed_is_counted_once(tmp_path):
     R = matrix()
     write_result(tmp_path / "a", method="pah", config_id="abc", seed=0, R=R)
@@ -364,3 +401,13 @@ def test_result_file_path_and_baseline_by_label(sweep, capsys):
     rc, stdout, _ = run_cli(capsys, str(root), "--baseline", "pah / split-digits / bbb222", "--format", "json")
     rows = {r["config_id"]: r for r in json.loads(stdout)}
     assert rc == 0 and rows["bbb222"]["avg_acc_p"] is None and rows["aaa111"]["avg_acc_p"] is not None
+
+
+def test_declared_task_counts_are_the_benchmarks_own():
+    """analysis takes each benchmark's number of tasks from pah.conf (no torch): the same as pah.data's."""
+    from analysis.load import _declared_tasks
+    from pah.data import BENCHMARKS
+
+    assert {n: _declared_tasks(n) for n in BENCHMARKS.names()} == {
+        n: BENCHMARKS.get(n).shape.num_tasks for n in BENCHMARKS.names()}
+    assert _declared_tasks("no-such-dataset") is None

@@ -6,7 +6,7 @@ from pah.config import config_id, load_config, parse_overrides, preset_names
 from pah.errors import UserError
 
 DATASETS = ["split-digits", "split-fashion-mnist", "split-mnist", "split-cifar100", "tiny-imagenet", "synthetic"]
-METHODS = ["pah", "hnet", "lwf", "ewc", "finetune", "joint"]
+METHODS = ["pah", "hnet", "lwf", "ewc", "si", "er", "agem", "derpp", "finetune", "joint"]
 
 
 def test_a_preset_for_every_dataset_method_pair():
@@ -38,7 +38,7 @@ def test_overrides_are_typed_and_validated():
         ("train.batch_size=abc", "train.batch_size: expected int, got 'abc'"),
         ("train.batch_size=3.5", "train.batch_size: expected int"),
         ("train.batch_size=0", "train.batch_size: 0 is out of range"),
-        ("method.name=nope", "unknown method 'nope'; valid: ewc, finetune, hnet, joint, lwf, pah"),
+        ("method.name=nope", "unknown method 'nope'; valid: agem, derpp, er, ewc, finetune, hnet, joint, lwf, pah, si"),
         ("data.name=cifar", "unknown dataset 'cifar'; valid:"),
         ("model.backbone=vgg", "unknown backbone 'vgg'"),
         ("method.prototype_init=zeros", "method.prototype_init: 'zeros' is not one of 'image', 'random'"),

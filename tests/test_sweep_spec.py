@@ -11,9 +11,8 @@ import yaml
 
 from pah.config import config_id
 from pah.errors import UserError
-from sweeps.driver import select_candidates
+from sweeps.driver import read_results, select_candidates, summary_table
 from sweeps.spec import load_spec, spec_from_dict, spec_names
-from sweeps.table import plain_table
 
 GOOD = {
     "base": "split-digits-pah",
@@ -162,15 +161,59 @@ def test_select_candidates_multi_objective_prefers_the_front(tmp_path):
     assert [c["config_id"] for c in select_candidates(tmp_path, spec)] == ["A", "B"]
 
 
-def test_plain_table_groups_seeds(tmp_path):
-    _fake_trial(tmp_path, "a", {"train.lr": 0.001}, 0, 0.90, 0.9, 0.10, "A")
-    _fake_trial(tmp_path, "b", {"train.lr": 0.001}, 1, 0.80, 0.9, 0.20, "A")
-    _fake_trial(tmp_path, "c", {"train.lr": 0.002}, 0, 0.50, 0.9, 0.30, "C")
-    text = plain_table([tmp_path], params_of={"A": {"train.lr": 0.001}})
+def _finished(root: Path, phase: str, tid: str, lr: float, seed: int, acc: float, fm: float, cid: str) -> None:
+    """A finished trial with a real result: 2 tasks, R = [[acc + fm], [acc, acc]] (ACC acc, forgetting fm)."""
+    from pah.metrics import summarize
+
+    d = root / "trials" / phase / tid
+    d.mkdir(parents=True)
+    R = [[acc + fm, None], [acc, acc]]
+    (d / "params.json").write_text(json.dumps({"params": {"train.lr": lr}, "seed": seed}))
+    (d / "result.json").write_text(json.dumps({
+        "schema": 1, "method": "pah", "dataset": "split-digits", "seed": seed, "config_id": cid,
+        "config": {"data": {"name": "split-digits", "num_tasks": 2}, "method": {"name": "pah"}, "train": {"lr": lr}},
+        "acc_matrix": R, "metrics": summarize(R), "val_metrics": summarize(R)}))
+
+
+def _sweep_json(root: Path, spec, confirm: dict) -> None:
+    (root / "sweep.json").write_text(json.dumps({"schema": 1, "spec": spec.to_dict(), "base": None,
+                                                 "phases": {"search": {"done": True}, "confirm": confirm}}))
+
+
+def test_the_sweeps_table_groups_seeds(tmp_path):
+    """What a sweep without a confirm phase prints at its end: every config, its seeds averaged (analysis)."""
+    _sweep_json(tmp_path, spec_from_dict(GOOD), {"done": False})
+    _finished(tmp_path, "search", "a", 0.001, 0, 0.90, 0.10, "A" * 12)
+    _finished(tmp_path, "search", "b", 0.001, 1, 0.80, 0.20, "A" * 12)
+    _finished(tmp_path, "search", "c", 0.002, 0, 0.50, 0.30, "C" * 12)
+    (tmp_path / "trials" / "search" / "stopped").mkdir()  # stopped by ASHA: no result.json
+    (tmp_path / "trials" / "search" / "stopped" / "stopped.json").write_text(json.dumps(
+        {"by": "asha", "tasks_completed": 1, "num_tasks": 2}))
+    text = summary_table(read_results(tmp_path))
     rows = text.splitlines()
-    assert "ACC %" in rows[0]
-    a_row = next(r for r in rows if " A " in r)
-    assert " 2 " in a_row and "85.00 ± 7.07" in a_row and "train.lr=0.001" in a_row
+    assert rows[1] == "all configs, seed-averaged:"
+    assert "ACC %" in text and "Forgetting %" in text
+    a_row = next(r for r in rows if r.startswith("A" * 12))
+    assert a_row.split()[1:3] == ["0.001", "2"] and "85.00 ± 7.07" in a_row and "15.00 ± 7.07" in a_row
+    c_row = next(r for r in rows if r.startswith("C" * 12))
+    assert c_row.split()[1:5] == ["0.002", "1", "50.00", "±"] and c_row.split()[5] == "n/a"  # one seed: no std
+    assert "  search: 4 trial(s): 3 finished, 1 stopped early by asha (after task 1/2 x1)" in rows
+
+
+def test_the_sweeps_table_holds_the_confirmed_runs_only(tmp_path):
+    """With a confirm phase: the candidates' confirm runs and their reused search trials (the search seed is a
+    confirm seed), not the search trials of configs that were not confirmed."""
+    spec = spec_from_dict({**GOOD, "confirm": {"top_k": 1, "seeds": [0, 1]}})
+    _finished(tmp_path, "search", "a", 0.001, 0, 0.90, 0.10, "A" * 12)
+    _finished(tmp_path, "search", "c", 0.002, 0, 0.50, 0.30, "C" * 12)  # not a candidate
+    _finished(tmp_path, "confirm", "a1", 0.001, 1, 0.80, 0.20, "A" * 12)
+    cands = [{"dir": str(tmp_path / "trials" / "search" / "a"), "config_id": "A" * 12, "params": {"train.lr": 0.001}}]
+    _sweep_json(tmp_path, spec, {"done": True, "candidates": cands, "search_seed": 0})
+    text = summary_table(read_results(tmp_path))
+    assert text.splitlines()[1] == "confirmed configs, seed-averaged:"
+    assert "C" * 12 not in text
+    a_row = next(r for r in text.splitlines() if "A" * 12 in r)
+    assert " 2 " in a_row and "85.00 ± 7.07" in a_row
 
 
 def test_saved_spec_round_trips_through_json():

@@ -19,34 +19,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from pah.conf.shapes import Shape, resolved_shape
 from pah.errors import UserError
 from pah.registry import Registry
 
-if TYPE_CHECKING:
-    from pah.config import DataConfig
+if TYPE_CHECKING:  # torch is imported where tensors are made (build_tasks, normalizer), not here:
+    import torch  # a sweep driver reads labels (check_task_sizes) without it
+
+    from pah.config import Config, DataConfig
 
 __all__ = ["Shape", "Arrays", "Benchmark", "TaskData", "BENCHMARKS", "build_tasks", "data_roots", "normalizer",
-           "decoded", "cache_root"]
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What a benchmark looks like: everything sizes and crops are computed from."""
-
-    num_tasks: int
-    classes_per_task: int
-    channels: int
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    #: default for data.augment: random crop (padding image_size // 8) + horizontal flip
-    augment: bool = False
-
-    @property
-    def num_classes(self) -> int:
-        return self.num_tasks * self.classes_per_task
+           "decoded", "cache_root", "check_task_sizes", "split_tasks"]
 
 
 @dataclass
@@ -60,7 +44,8 @@ class Arrays:
 
 
 class Benchmark:
-    """Base class: subclasses set ``name``, ``shape`` and implement :meth:`load`."""
+    """Base class: subclasses set ``name``, ``shape`` (declared under that name in pah.conf.shapes:
+    ``SHAPES.get(name)``) and implement :meth:`load`."""
 
     name: str
     shape: Shape
@@ -68,20 +53,8 @@ class Benchmark:
     how_to_get: str = ""
 
     def resolved_shape(self, cfg: DataConfig) -> Shape:
-        """The declared shape with the config's task-split and augmentation overrides."""
-        return self.resolved_shape_from(self.shape, cfg)
-
-    @staticmethod
-    def resolved_shape_from(s: Shape, cfg: DataConfig) -> Shape:
-        if cfg.num_tasks is not None or cfg.classes_per_task is not None:
-            s = dataclasses.replace(
-                s,
-                num_tasks=cfg.num_tasks or s.num_tasks,
-                classes_per_task=cfg.classes_per_task or s.classes_per_task,
-            )
-        if cfg.augment is not None:
-            s = dataclasses.replace(s, augment=cfg.augment)
-        return s
+        """The declared shape with the config's overrides (pah.conf.shapes.resolved_shape)."""
+        return resolved_shape(cfg if cfg.name == self.name else dataclasses.replace(cfg, name=self.name))
 
     def load(self, cfg: DataConfig, seed: int) -> Arrays:
         raise NotImplementedError
@@ -176,7 +149,6 @@ class TaskData:
 
 
 def _split_task(
-    x: np.ndarray,
     y: np.ndarray,
     classes: np.ndarray,
     val_fraction: float,
@@ -198,9 +170,22 @@ def _split_task(
     return np.concatenate(train), np.concatenate(val), np.asarray(proto)
 
 
-def build_tasks(arrays: Arrays, shape: Shape, cfg: DataConfig, seed: int, device: torch.device) -> list[TaskData]:
-    """Split a dataset into ``shape.num_tasks`` tasks and move them to ``device`` as uint8."""
-    all_classes = np.unique(arrays.y_train)
+@dataclass
+class TaskSplit:
+    """Which images one task takes, as indices into the dataset's arrays (no images, no torch)."""
+
+    classes: np.ndarray  # original labels, in head order
+    remap: np.ndarray  # original label -> label within the task (-1: another task's)
+    train: np.ndarray
+    val: np.ndarray
+    proto: np.ndarray
+    test: np.ndarray
+
+
+def split_tasks(y_train: np.ndarray, y_test: np.ndarray, shape: Shape, cfg: DataConfig, seed: int) -> list[TaskSplit]:
+    """Split a dataset's labels into ``shape.num_tasks`` tasks: the classes of each, and its
+    seeded train/validation/prototype split. :func:`build_tasks` takes the images from these."""
+    all_classes = np.unique(y_train)
     needed = shape.num_classes
     if len(all_classes) < needed:
         raise UserError(
@@ -209,31 +194,66 @@ def build_tasks(arrays: Arrays, shape: Shape, cfg: DataConfig, seed: int, device
         )
     order = all_classes if cfg.class_order == "fixed" else np.random.default_rng(seed).permutation(all_classes)
     rng = np.random.default_rng([seed, 1])  # validation split and prototype images
-    tasks = []
+    splits = []
     for t in range(shape.num_tasks):
         classes = order[t * shape.classes_per_task : (t + 1) * shape.classes_per_task]
-        remap = np.full(int(max(all_classes.max(), arrays.y_test.max())) + 1, -1, dtype=np.int64)
+        remap = np.full(int(max(all_classes.max(), y_test.max())) + 1, -1, dtype=np.int64)
         remap[classes] = np.arange(len(classes))
-        tr, va, pr = _split_task(arrays.x_train, arrays.y_train, classes, cfg.val_fraction, rng, cfg.train_per_class)
-        te = np.flatnonzero(np.isin(arrays.y_test, classes))
+        tr, va, pr = _split_task(y_train, classes, cfg.val_fraction, rng, cfg.train_per_class)
+        te = np.flatnonzero(np.isin(y_test, classes))
+        splits.append(TaskSplit(classes, remap, tr, va, pr, te))
+    return splits
 
-        def put(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
+def build_tasks(arrays: Arrays, shape: Shape, cfg: DataConfig, seed: int, device: torch.device) -> list[TaskData]:
+    """Split a dataset into ``shape.num_tasks`` tasks and move them to ``device`` as uint8."""
+    import torch
+
+    def put(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    tasks = []
+    for t, s in enumerate(split_tasks(arrays.y_train, arrays.y_test, shape, cfg, seed)):
         tasks.append(
             TaskData(
                 task=t,
-                classes=[int(c) for c in classes],
-                x_train=put(arrays.x_train[tr]),
-                y_train=put(remap[arrays.y_train[tr]]),
-                x_val=put(arrays.x_train[va]),
-                y_val=put(remap[arrays.y_train[va]]),
-                x_test=put(arrays.x_test[te]),
-                y_test=put(remap[arrays.y_test[te]]),
-                x_proto=put(arrays.x_train[pr]),
+                classes=[int(c) for c in s.classes],
+                x_train=put(arrays.x_train[s.train]),
+                y_train=put(s.remap[arrays.y_train[s.train]]),
+                x_val=put(arrays.x_train[s.val]),
+                y_val=put(s.remap[arrays.y_train[s.val]]),
+                x_test=put(arrays.x_test[s.test]),
+                y_test=put(s.remap[arrays.y_test[s.test]]),
+                x_proto=put(arrays.x_train[s.proto]),
             )
         )
     return tasks
+
+
+def check_task_sizes(cfg: Config, sizes: list[int] | None = None, *, missing_ok: bool = False) -> list[int]:
+    """Every task keeps at least one training image once ``data.val_fraction`` has taken its share
+    (a trial trains full batches of ``min(batch_size, images)``: a task without images has no batch).
+
+    ``sizes``: the tasks' training set sizes, if the caller split the data already; else the
+    dataset's labels are read and split as the trial will (no images, no torch). ``missing_ok``: a
+    dataset this machine does not have is not checked (a sweep driver on a cluster's head). Returns
+    the sizes; a task without a training image is a UserError naming ``data.val_fraction``.
+    """
+    if sizes is None:
+        try:
+            arrays = BENCHMARKS.get(cfg.data.name)().load(cfg.data, cfg.seed)
+        except UserError:
+            if missing_ok:
+                return []
+            raise
+        splits = split_tasks(arrays.y_train, arrays.y_test, resolved_shape(cfg.data), cfg.data, cfg.seed)
+        sizes = [len(s.train) for s in splits]
+    empty = [t for t, n in enumerate(sizes) if n == 0]
+    if empty:
+        raise UserError(
+            f"data.val_fraction: {cfg.data.val_fraction!r} leaves {len(empty)} of {len(sizes)} task(s) of "
+            f"{cfg.data.name} without a training image (task {empty[0] + 1} first); use a smaller value")
+    return sizes
 
 
 # --------------------------------------------------------------------------- on-device transforms
@@ -241,6 +261,8 @@ def build_tasks(arrays: Arrays, shape: Shape, cfg: DataConfig, seed: int, device
 
 def normalizer(shape: Shape, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) as 1 x C x 1 x 1 tensors on ``device``, in the 0..1 pixel scale."""
+    import torch
+
     mean = torch.tensor(shape.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std = torch.tensor(shape.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     return mean, std

@@ -6,22 +6,15 @@ import pickle
 
 import numpy as np
 
-from pah.data.base import BENCHMARKS, Arrays, Benchmark, Shape, data_roots, decoded
+from pah.conf.shapes import SHAPES
+from pah.data.base import BENCHMARKS, Arrays, Benchmark, data_roots, decoded
 from pah.errors import UserError
 
 
 @BENCHMARKS.register("split-cifar100")
 class SplitCIFAR100(Benchmark):
     name = "split-cifar100"
-    shape = Shape(
-        num_tasks=10,
-        classes_per_task=10,
-        channels=3,
-        image_size=32,
-        mean=(0.5071, 0.4865, 0.4409),
-        std=(0.2673, 0.2564, 0.2762),
-        augment=True,
-    )
+    shape = SHAPES.get(name)
     how_to_get = "Extract cifar-100-python.tar.gz there, set PAH_DATA_DIR, or add --set data.download=true (needs network)."
 
     def _find(self, cfg):

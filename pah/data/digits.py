@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from pah.data.base import BENCHMARKS, Arrays, Benchmark, Shape
+from pah.conf.shapes import SHAPES
+from pah.data.base import BENCHMARKS, Arrays, Benchmark
 
 
 @BENCHMARKS.register("split-digits")
 class SplitDigits(Benchmark):
     name = "split-digits"
-    shape = Shape(num_tasks=5, classes_per_task=2, channels=1, image_size=8, mean=(0.305,), std=(0.381,))
+    shape = SHAPES.get(name)
 
     def load(self, cfg, seed):
         from sklearn.datasets import load_digits

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pah.data.base import BENCHMARKS, Arrays, Benchmark, Shape, data_roots, decoded
+from pah.conf.shapes import SHAPES
+from pah.data.base import BENCHMARKS, Arrays, Benchmark, data_roots, decoded
 from pah.errors import UserError
 
 FILES = {
@@ -83,7 +84,7 @@ class _IdxBenchmark(Benchmark):
 @BENCHMARKS.register("split-mnist")
 class SplitMNIST(_IdxBenchmark):
     name = "split-mnist"
-    shape = Shape(num_tasks=5, classes_per_task=2, channels=1, image_size=28, mean=(0.1307,), std=(0.3081,))
+    shape = SHAPES.get(name)
     subdirs = ("mnist", "MNIST/raw")
     torchvision_class = "MNIST"
     how_to_get = "Put the four MNIST IDX files (train-images-idx3-ubyte.gz, ...) there, set PAH_DATA_DIR, or add --set data.download=true (needs network)."
@@ -92,7 +93,7 @@ class SplitMNIST(_IdxBenchmark):
 @BENCHMARKS.register("split-fashion-mnist")
 class SplitFashionMNIST(_IdxBenchmark):
     name = "split-fashion-mnist"
-    shape = Shape(num_tasks=5, classes_per_task=2, channels=1, image_size=28, mean=(0.2860,), std=(0.3530,))
+    shape = SHAPES.get(name)
     subdirs = ("fashion-mnist", "FashionMNIST/raw")
     system_dirs = ("/usr/share/datasets/fashion-mnist",)
     torchvision_class = "FashionMNIST"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pah.data.base import BENCHMARKS, Arrays, Benchmark, Shape, data_roots, decoded
+from pah.conf.shapes import SHAPES
+from pah.data.base import BENCHMARKS, Arrays, Benchmark, data_roots, decoded
 from pah.errors import UserError
 
 
@@ -27,15 +28,7 @@ def _read_images(paths) -> np.ndarray:
 @BENCHMARKS.register("tiny-imagenet")
 class TinyImageNet(Benchmark):
     name = "tiny-imagenet"
-    shape = Shape(
-        num_tasks=10,
-        classes_per_task=20,
-        channels=3,
-        image_size=64,
-        mean=(0.4802, 0.4481, 0.3975),
-        std=(0.2770, 0.2691, 0.2821),
-        augment=True,
-    )
+    shape = SHAPES.get(name)
     how_to_get = "Download tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip), extract it there, or set PAH_DATA_DIR."
 
     def load(self, cfg, seed):

@@ -2,7 +2,8 @@
 
 A method is an ``nn.Module`` holding the shared backbone and the task heads. The trial
 loop calls, per task: :meth:`begin_task`, then :meth:`loss` once per batch, then
-:meth:`end_task`; evaluation calls :meth:`logits`. Methods that distil from the
+:meth:`end_task`; evaluation calls :meth:`logits`. :meth:`after_step` runs after every
+optimizer update. Methods that distil from the
 previous model get a frozen copy of it (``self.teacher``) at the start of each task
 after the first. The teacher is never saved: it is exactly the model of the last
 checkpoint, so resuming rebuilds it.
@@ -19,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pah.config import MethodParams, TrainConfig
-from pah.data import Shape, TaskData
+from pah.conf import MethodParams, Shape
+from pah.config import TrainConfig
+from pah.data import TaskData
 from pah.models.heads import TaskHeads, apply_heads
 from pah.registry import Registry
 
@@ -36,6 +38,9 @@ class Batch:
     generator: torch.Generator
     #: positions of the samples in the task's training data (lets a method use per-sample caches)
     index: torch.Tensor | None = None
+    #: the batch's uint8 images as stored in TaskData, before normalisation and augmentation
+    #: (what a replay buffer keeps)
+    raw: torch.Tensor | None = None
 
 
 def kl_distill(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -141,6 +146,14 @@ class Method(nn.Module):
         logits = self.pick(self.all_logits(batch.x, batch.task), batch.task_ids)
         ce = F.cross_entropy(logits.float(), batch.y)
         return ce, {"ce": ce.detach()}
+
+    def after_backward(self, batch: Batch) -> None:
+        """Called between ``loss.backward()`` and the optimizer step: a method may rewrite the
+        gradients here (A-GEM projects them). Device work only: no host sync."""
+
+    def after_step(self) -> None:
+        """Called after every optimizer update, with the step's gradients still in ``.grad``.
+        Device work only (no host sync): it is part of the step a CUDA graph captures."""
 
     def end_task(self, task: int, data: TaskData, norm: tuple[torch.Tensor, torch.Tensor]) -> None:
         self.teacher = None

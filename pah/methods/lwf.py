@@ -7,27 +7,14 @@ pass per batch, whatever the number of old tasks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-from pah.config import MethodParams
+from pah.conf.lwf import LwFParams
 from pah.data import TaskData, to_float
 from pah.methods.base import METHODS, Batch, Method, kl_distill
 from pah.methods.finetune import Finetune
 from pah.models.heads import apply_heads
-
-
-@dataclass(frozen=True)
-class LwFParams(MethodParams):
-    name: str = "lwf"
-    lambda_kd: float = 1.0
-    temperature: float = 2.0
-    #: "sum": every old task's KL has weight lambda_kd, however many tasks came before (LwF's
-    #: and the reference's choice); "mean": the old tasks share lambda_kd
-    kd_reduction: Literal["sum", "mean"] = "sum"
 
 
 def cache_teacher(method, task: int, data: TaskData, norm, batch_size: int = 512) -> None:

@@ -27,36 +27,17 @@ for all heads, and no teacher pass when the teacher's logits are cached.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from pah.conf.pah import PAHParams
 from pah.data import to_float
 from pah.errors import UserError
 from pah.methods.base import METHODS, kl_distill
-from pah.methods.hnet import HNet, HyperParams
+from pah.methods.hnet import HNet
 from pah.methods.lwf import reduce_over_old_tasks
-
-
-@dataclass(frozen=True)
-class PAHParams(HyperParams):
-    name: str = "pah"
-    hyper_hidden: int = 16
-    prototype_size: int = 10
-    #: 1 (grey prototypes, the reference's choice) or the images' channel count
-    prototype_channels: int = 1
-    prototype_init: Literal["image", "random"] = "image"
-    lambda_proto_ce: float = 1.0
-    lambda_proto_kd: float = 1.0
-    #: old prototypes distilled per step (sampled); 0 means classes_per_task
-    proto_replay: int = 0
-    #: what the prototype losses train: "prototypes" only (the reference's behaviour), or
-    #: "all" (also backbone and hypernetwork: an ablation, it forgets; see docs/method.md)
-    proto_grad: Literal["prototypes", "all"] = "prototypes"
 
 
 @METHODS.register("pah")

@@ -142,9 +142,16 @@ def _list(fs: Any, path: str) -> list[Any]:
 
 
 def download(uri: str, local: Path, *, skip_dirs: Iterable[str] = SKIP_DIRS,
-             keep: Callable[[str], bool] | None = None) -> int:
+             keep: Callable[[str], bool] | None = None, say: Callable[[str], None] | None = None) -> int:
     """Copy the files under ``uri`` into ``local`` (same layout), except those inside a ``skip_dirs``
-    folder or refused by ``keep(relative path)``; returns how many."""
+    folder or refused by ``keep(relative path)``; returns how many. A storage that cannot be reached
+    (or answers 503) is tried again with backoff, reported by ``say`` (stderr), see pah/retry.py."""
+    from pah.retry import retrying
+
+    return retrying(lambda: _download(uri, local, skip_dirs, keep), f"storage {uri}", what="downloading", say=say)
+
+
+def _download(uri: str, local: Path, skip_dirs: Iterable[str], keep: Callable[[str], bool] | None) -> int:
     fs, root = resolve(uri)
     root = root.rstrip("/")
     skip = set(skip_dirs)
@@ -170,9 +177,20 @@ def download(uri: str, local: Path, *, skip_dirs: Iterable[str] = SKIP_DIRS,
     return len(todo)
 
 
-def upload(local: Path, uri: str, files: Iterable[str] | None = None) -> int:
+def upload(local: Path, uri: str, files: Iterable[str] | None = None, *, retry: bool = True,
+           say: Callable[[str], None] | None = None) -> int:
     """Copy ``local`` (a file, or the files under a dir, or just ``files`` relative to it) to ``uri``,
-    in the order given (so a file listed last lands last); returns how many."""
+    in the order given (so a file listed last lands last); returns how many. ``retry``: a storage that
+    cannot be reached is tried again with backoff, reported by ``say`` (stderr), see pah/retry.py."""
+    if not retry:
+        return _upload(local, uri, files)
+    from pah.retry import retrying
+
+    files = None if files is None else list(files)
+    return retrying(lambda: _upload(local, uri, files), f"storage {uri}", what="uploading", say=say)
+
+
+def _upload(local: Path, uri: str, files: Iterable[str] | None) -> int:
     fs, root = resolve(uri)
     root = root.rstrip("/")
     if local.is_file():
@@ -207,6 +225,12 @@ def newest_checkpoints_everywhere(exp_uri: str) -> int:
     own dir holds its newest state (sweeps/snapshot.py); on object storage the trial may restart on
     another node, so the checkpoint Tune hands it must be the newest one.
     """
+    from pah.retry import retrying
+
+    return retrying(lambda: _newest_checkpoints(exp_uri), f"storage {exp_uri}", what="copying checkpoints")
+
+
+def _newest_checkpoints(exp_uri: str) -> int:
     fs, root = resolve(exp_uri)
     root = root.rstrip("/")
     ckpts: dict[str, dict[int, list[str]]] = {}
@@ -234,6 +258,10 @@ class Mirror:
         self.local, self.uri, self.paths, self.every_s = local, uri, paths, every_s
         self._sent: dict[str, tuple[int, int]] = {}
         self._last = 0.0
+        self._outage = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_outage": None}  # its reporter prints through a lambda: not pickled
 
     def maybe_sync(self, *, force: bool = False) -> None:
         import time
@@ -252,12 +280,22 @@ class Mirror:
                     changed.append(key)
                     self._sent[key] = (st.st_size, st.st_mtime_ns)
         if changed:
+            from pah.retry import Outage, transient
+
+            if getattr(self, "_outage", None) is None:  # one per outage, said every 30 s while it lasts (not pickled state)
+                self._outage = Outage(f"storage {self.uri}", what="uploading the driver's files",
+                                      say=lambda line: print(line, flush=True))
             try:
-                upload(root, self.uri, changed)
+                upload(root, self.uri, changed, retry=False)  # never blocks the driver: the next sync tries again
             except OSError as e:  # the next sync (or the phase's end) tries again
                 for key in changed:
                     self._sent.pop(key, None)
-                print(f"note: could not upload to {self.uri} ({_cause(e)})", flush=True)
+                if transient(e):
+                    self._outage.failed(e)
+                else:
+                    print(f"note: could not upload to {self.uri} ({_cause(e)})", flush=True)
+            else:
+                self._outage.ok()
 
 
 def _tag(uri: str) -> str:
