@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,7 @@ def _run_slurm(args: argparse.Namespace) -> int:
     given = {k: v for k, v in (("cpus_per_task", args.cpus_per_task), ("gpus_per_node", args.gpus_per_node),
                                 ("time_min", args.time)) if v is not None}
     SlurmResources(nodes=args.nodes, tasks_per_node=args.tasks_per_node, mem_gb=args.mem_gb, **given)
-    from sweeps import storage as object_storage
+    from pah import storage as object_storage
 
     if object_storage.is_uri(args.storage):  # the sweep in a bucket; submitit's job files still need a shared folder
         if args.probe:
@@ -197,8 +198,15 @@ def _run_ray(args: argparse.Namespace) -> int:
     if args.no_wait:
         return 0
     state = rayjob.follow(args.address, job_id)
-    print(f"state: {state}")
-    return 0 if state == "SUCCEEDED" else 1
+    print(f"state: {state}", flush=True)
+    if state != "SUCCEEDED":  # stopped, failed, interrupted: the sweep resumes where it is
+        from pah.errors import Failed
+
+        again = shlex.join(["pah", "launch", "ray", *([args.spec] if args.spec else []),
+                            *(x for o in args.overrides for x in ("--set", o)), "--address", args.address,
+                            "--storage", args.storage, "--name", name])
+        raise Failed(f"Ray job {job_id} ended {state} (its log above says why); resume with: {again}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,11 @@
 entrypoint of a Ray Job (``pah launch ray``), where the job supervisor sets
 ``RAY_ADDRESS`` to the cluster it runs in. Either way the driver gets that address
 explicitly, never ``"auto"``, and resumes the sweep if ``storage/name`` already holds one.
+
+The driver stops as ``pah sweep`` does (sweeps/interrupts.py): the first SIGINT or SIGTERM
+(``ray job stop``, ``scancel``) stops the sweep gracefully, a second at once; as a Ray Job it
+exits 130 or 143 with one ``error:`` line that names the resume command, and a sweep with
+errored trials exits 1 the same way.
 """
 
 from __future__ import annotations
@@ -34,12 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     address = os.environ.get("RAY_ADDRESS") or None  # set by the Ray Job supervisor
     storage = os.path.expanduser(args.storage)
-    if args.probe:
-        from launch.probe import probe
+    from pah.errors import Failed, Interrupted, UserError, one_line
 
-        probe(storage=storage, name=args.name, address=address)
-    else:
-        run_sweep(spec=args.spec, overrides=args.overrides, storage=storage, name=args.name, address=address)
+    try:
+        if args.probe:
+            from launch.probe import probe
+
+            probe(storage=storage, name=args.name, address=address)
+        else:
+            run_sweep(spec=args.spec, overrides=args.overrides, storage=storage, name=args.name, address=address)
+    except (Interrupted, Failed, UserError) as e:  # as `pah sweep` ends: one error: line, its exit code
+        print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
+        return e.exit_code if isinstance(e, Interrupted) else 2 if isinstance(e, UserError) else 1
     return 0
 
 

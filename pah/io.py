@@ -40,6 +40,15 @@ def _umask() -> int:
 
 
 def _atomic(path: Path, write) -> None:
+    """``_atomic_once``, tried again with backoff while the disk is full (or the network filesystem
+    unreachable), reported every 30 s, for up to ``PAH_STORAGE_RETRY_S`` (pah/retry.py): a disk freed
+    within that time loses nothing. Then the ``WriteError``, saying for how long it was tried."""
+    from pah.retry import retrying
+
+    retrying(lambda: _atomic_once(path, write), f"disk of {Path(path).parent}", what=f"writing {Path(path).name}")
+
+
+def _atomic_once(path: Path, write) -> None:
     """Write ``path`` through a temp file in its directory, fsync, then rename over it.
 
     Until the rename, the previous ``path`` is untouched: a full disk, a kill or a signal midway

@@ -34,12 +34,13 @@ EAGER_MIN = 3
 
 def make_batch(x_all, y_all, ids_all, idx, task: int, gen: torch.Generator, norm, augment: bool) -> Batch:
     """Gather, normalise and augment one batch on the device (no host round trip)."""
-    x = to_float(x_all[idx], *norm)
+    raw = x_all[idx]
+    x = to_float(raw, *norm)
     if augment:
         x = random_crop_flip(x, gen)
     if x.is_cuda:
         x = x.contiguous(memory_format=torch.channels_last)
-    return Batch(x, y_all[idx], ids_all[idx], task, gen, None if augment else idx)
+    return Batch(x, y_all[idx], ids_all[idx], task, gen, None if augment else idx, raw)
 
 
 def train_step(method: Method, optimizer: torch.optim.Optimizer, batch: Batch, autocast) -> torch.Tensor:
@@ -48,7 +49,10 @@ def train_step(method: Method, optimizer: torch.optim.Optimizer, batch: Batch, a
         loss, _ = method.loss(batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    with autocast():
+        method.after_backward(batch)  # e.g. A-GEM's gradient projection
     optimizer.step()
+    method.after_step()  # e.g. SI's path integral
     return loss.detach()
 
 

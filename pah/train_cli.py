@@ -24,11 +24,15 @@ Bad input (a config file that is not a UTF-8 YAML mapping, an unknown key, a wro
 a value out of range such as train.batch_size above 1048576, an --out that is a file) is
 exit 2 with one error: line, before anything is written.
 
-Exit codes: 0 done; 2 bad input; 1 a runtime failure (the reason on one error: line; a
-file that could not be written, e.g. a full disk, leaves the previous checkpoint intact);
-143 stopped by SIGTERM (e.g. scancel, kill): the checkpoint of the last finished task is
-intact. Run the same command again to resume from it. An unreadable checkpoint is moved
-aside to state.pt.corrupt with a warning, and the trial starts again from task 1.
+Exit codes: 0 done; 2 bad input, or another `pah train` running on the same --out (the
+error: line names its host and pid); 1 a runtime failure (the reason on one error: line).
+A full disk is waited out first: the write is retried with backoff, with a warning every
+30 s, for up to PAH_STORAGE_RETRY_S seconds (default 900); a file that still cannot be
+written leaves the previous checkpoint intact, and the same command resumes from it;
+143 stopped by SIGTERM (e.g. scancel, kill), 130 by SIGINT (Ctrl-C): the checkpoint of the
+last finished task is intact, and the error: line names the command that resumes from it.
+An unreadable checkpoint is moved aside to state.pt.corrupt with a warning, and the trial
+starts again from task 1.
 
 A batch larger than a task's training set is a warning, not an error: that task takes
 one full-batch step per epoch. Only the data knows the task sizes (its files, the
@@ -52,6 +56,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pah.config import config_id, load_config, preset_names, to_yaml
+    from pah.data import check_task_sizes
 
     if args.list:
         print("\n".join(preset_names()))
@@ -62,25 +67,35 @@ def run(args: argparse.Namespace) -> int:
         print(to_yaml(cfg), end="")
         return 0
     from pah.io import WriteError, check_output_dir
+    from pah.lock import DirLock
     from pah.trial import resolve_device, run_trial
 
     # ---- every check before anything is written
-    resolve_device(args.device)
     out = args.out or Path("runs") / "train" / f"{Path(source).stem}-s{cfg.seed}-{config_id(cfg)}"
     check_output_dir(out, "--out")
-    _warn_full_batch(cfg)
-    print(f"out: {out}", flush=True)
+    # one training per --out: a second `pah train --out DIR` stops here, naming the first (pah/lock.py)
+    lock = DirLock(out, "--out", hint="; wait for it to end, or give another --out")
+    lock.check()  # at once, before the device is probed (torch's import takes seconds)
+    resolve_device(args.device)
+    sizes = check_task_sizes(cfg)  # every task has a training batch (data.val_fraction), before the lock is written
     try:
+        lock.acquire()
+        _warn_full_batch(cfg, sizes)
+        print(f"out: {out}", flush=True)
         with _sigterm_raises():
             result = run_trial(cfg, out, device=args.device, progress=not args.no_progress and sys.stderr.isatty())
     except WriteError as e:  # a full disk or a read-only file system: no traceback, the way on
         print(f"error: {e.strerror}; run the same command again to resume once it can be written",
               file=sys.stderr, flush=True)
         return 1
-    except Terminated:
-        print(f"error: stopped by SIGTERM; {out / 'checkpoint' / 'state.pt'} holds the last finished task "
-              "(if any): run the same command again to resume", file=sys.stderr, flush=True)
-        return EXIT_SIGTERM
+    except (Terminated, KeyboardInterrupt) as e:  # SIGTERM (scancel, kill) or SIGINT (Ctrl-C)
+        name, code = ("SIGTERM", EXIT_SIGTERM) if isinstance(e, Terminated) else ("SIGINT", EXIT_SIGINT)
+        print(f"error: stopped by {name}; {out / 'checkpoint' / 'state.pt'} holds the last finished task "
+              f"(if any): run the same command again to resume: {_resume_command(args, source, out)}",
+              file=sys.stderr, flush=True)
+        return code
+    finally:
+        lock.release()
     m = result["metrics"]
     print(
         f"{result['method']} on {result['dataset']} (seed {result['seed']}): "
@@ -91,8 +106,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-#: the exit code of `pah train` stopped by SIGTERM (128 + 15, as a shell reports a process it killed)
+#: the exit codes of `pah train` stopped by SIGTERM and SIGINT (128 + the signal, as a shell reports them)
 EXIT_SIGTERM = 143
+EXIT_SIGINT = 130
+
+
+def _resume_command(args: argparse.Namespace, source: str, out: Path) -> str:
+    """The command that continues this trial: the same config and overrides, with its --out."""
+    import shlex
+
+    parts = ["pah", "train", source, *(x for o in args.overrides for x in ("--set", o)), "--out", str(out)]
+    if args.device != "auto":
+        parts += ["--device", args.device]
+    return shlex.join(parts)
 
 
 class Terminated(BaseException):
@@ -118,29 +144,16 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _warn_full_batch(cfg) -> None:
+def _warn_full_batch(cfg, sizes: list[int]) -> None:
     """Warn when train.batch_size exceeds a task's training set (the trial then trains that task full-batch).
 
-    Only the data knows the task sizes (its files, val_fraction, train_per_class), so it is read
-    once here, labels only: images are stand-ins of one byte, split by the trial's own routine.
+    Only the data knows the task sizes (its files, val_fraction, train_per_class): ``sizes`` are
+    those of ``pah.data.check_task_sizes``, which reads the labels only and splits them by the
+    trial's own routine.
     """
-    import numpy as np
-    import torch
-
-    from pah.data import BENCHMARKS, Arrays, build_tasks
-
-    bench = BENCHMARKS.get(cfg.data.name)()
-    arrays = bench.load(cfg.data, cfg.seed)
-
-    def stub(n: int) -> np.ndarray:
-        return np.broadcast_to(np.zeros((1, 1, 1, 1), np.uint8), (n, 1, 1, 1))
-
-    labels = Arrays(stub(len(arrays.y_train)), arrays.y_train, stub(len(arrays.y_test)), arrays.y_test)
-    del arrays
-    tasks = build_tasks(labels, bench.resolved_shape(cfg.data), cfg.data, cfg.seed, torch.device("cpu"))
-    small = [(d.task, len(d.y_train)) for d in tasks if len(d.y_train) < cfg.train.batch_size]
+    small = [(t, n) for t, n in enumerate(sizes) if n < cfg.train.batch_size]
     if small:
         task, n = min(small, key=lambda tn: tn[1])
         print(f"warning: train.batch_size={cfg.train.batch_size} is larger than the training set of "
-              f"{len(small)} of {len(tasks)} task(s) (smallest: task {task + 1}, {n} images); "
+              f"{len(small)} of {len(sizes)} task(s) (smallest: task {task + 1}, {n} images); "
               "each such task takes one full-batch step per epoch", file=sys.stderr, flush=True)

@@ -23,7 +23,7 @@ import torch
 
 from pah import metrics
 from pah.config import Config, config_id
-from pah.data import BENCHMARKS, TaskData, build_tasks, normalizer, to_float
+from pah.data import BENCHMARKS, TaskData, build_tasks, check_task_sizes, normalizer, to_float
 from pah.errors import UserError
 from pah.io import atomic_torch_save, atomic_write_json, load_checkpoint, read_json
 from pah.methods import METHODS, Method
@@ -83,7 +83,7 @@ def _precision(cfg: Config, device: torch.device):
 def build_model(cfg: Config, shape, dev: torch.device) -> Method:
     """The method (backbone + heads) on ``dev``, initialised from ``cfg.seed``; channels_last and compile on CUDA."""
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(cfg.model.backbone, shape.channels, cfg.model.pretrained)
+    backbone = build_backbone(cfg.model.backbone, shape.channels, cfg.model.pretrained, shape.image_size)
     method = METHODS.get(cfg.method.name)(cfg.method, shape, backbone).to(dev)
     if dev.type == "cuda":
         method.to(memory_format=torch.channels_last)
@@ -139,6 +139,9 @@ def _env(device: torch.device) -> dict[str, Any]:
         "device": device.type,
         "hostname": socket.gethostname(),
     }
+    ray = sys.modules.get("ray")  # the Ray node, under Ray: containers and network namespaces repeat hostnames
+    if ray is not None and ray.is_initialized():
+        env["node_ip"] = ray.util.get_node_ip_address()
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
@@ -189,6 +192,7 @@ def trial_steps(
     bench = BENCHMARKS.get(cfg.data.name)()
     shape = bench.resolved_shape(cfg.data)
     tasks = build_tasks(bench.load(cfg.data, cfg.seed), shape, cfg.data, cfg.seed, dev)
+    check_task_sizes(cfg, [len(d.y_train) for d in tasks])  # a task without a training image has no batch
     norm = normalizer(shape, dev)
     method = build_model(cfg, shape, dev)
     optimizer = build_optimizer(method, cfg)
@@ -222,7 +226,9 @@ def trial_steps(
         n = len(y_all)
         bs = min(cfg.train.batch_size, n)
         steps = n // bs  # full batches only: one shape for every step (cudnn, compile)
-        total = steps * cfg.train.epochs_per_task
+        # a fixed number of steps (train.iters_per_task) takes as many shuffled passes as it needs
+        total = cfg.train.iters_per_task or steps * cfg.train.epochs_per_task
+        epochs = -(-total // steps)
         warmup = min(cfg.train.warmup_steps, total // 5)  # never more than a fifth of a short task
         runner = TaskStep(method, optimizer, autocast, (x_all, y_all, ids_all), t, gen, norm, shape.augment,
                           warmup=warmup, graph=cfg.train.cuda_graph, graph_seed=_task_seed(cfg.seed, T + t))
@@ -232,9 +238,9 @@ def trial_steps(
         t0 = time.perf_counter()
 
         # ---- the hot loop
-        for epoch in range(cfg.train.epochs_per_task):
+        for epoch in range(epochs):
             perm = torch.randperm(n, device=dev, generator=gen)
-            for step in range(steps):
+            for step in range(min(steps, total - epoch * steps)):
                 loss = runner(perm[step * bs : (step + 1) * bs], epoch * steps + step)
                 done = epoch * steps + step + 1
                 if done % cfg.train.check_every == 0 or done == total:  # the only host sync

@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         spec = None
     _check_paths(args)
+    if spec is not None:
+        _check_task_sizes(spec)
     try:
         import ray  # noqa: F401
         import ray.tune  # noqa: F401
@@ -69,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_paths(args: argparse.Namespace) -> None:
     """--resume, --storage, --name and --address, checked before Ray starts or anything is written."""
+    from pah import storage
     from pah.errors import UserError
     from pah.io import check_output_dir
-    from sweeps import storage
 
     if args.resume is not None and storage.is_uri(args.resume):
         storage.check(args.resume, "--resume")  # exit 2: no bucket, no access, no endpoint
@@ -97,11 +99,24 @@ def _check_paths(args: argparse.Namespace) -> None:
         if args.name is not None and (not re.fullmatch(r"[A-Za-z0-9._=+-]+", args.name) or args.name in (".", "..")):
             raise UserError(f"--name {args.name!r}: expected a plain directory name (letters, digits, . _ - = +), "
                             "which stays inside --storage")
-        if args.storage is not None:
-            if storage.is_uri(args.storage):
-                storage.check(args.storage)  # exit 2 before Ray starts
-            else:
-                check_output_dir(args.storage, "--storage")
+        if args.storage is not None and storage.is_uri(args.storage):
+            storage.check(args.storage)  # exit 2 before Ray starts
+        else:
+            from sweeps.phases import DEFAULT_STORAGE
+
+            parent = Path(args.storage) if args.storage is not None else DEFAULT_STORAGE
+            check_output_dir(parent, "--storage")
+            if args.name is not None and (parent / args.name).exists() and not (parent / args.name).is_dir():
+                raise UserError(f"--name {args.name}: {parent / args.name} is a file; expected a sweep directory "
+                                "(an existing sweep, or a new name)")
     if args.address is not None and not re.fullmatch(r"auto|local|(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}", args.address):
         raise UserError(f"--address {args.address!r}: expected HOST:PORT of a Ray cluster's head (e.g. 10.0.0.1:6379), "
                         "ray://HOST:PORT or auto")
+
+
+def _check_task_sizes(spec) -> None:
+    """Every task of the base config has a training batch (``data.val_fraction``), checked before Ray starts;
+    a dataset the driver's machine lacks is left to the trials (a cluster's nodes may hold it)."""
+    from pah.data import check_task_sizes
+
+    check_task_sizes(spec.trial_config(), missing_ok=True)

@@ -17,7 +17,7 @@ every (re)start. It is idempotent on its sweep directory:
     SWEEP/report.html             the self-contained report, written when the sweep ends
 
 With ``storage="s3://BUCKET/PREFIX"`` (any pyarrow URI) the same layout lives under the prefix and
-``sweep_dir`` is the driver's local staging copy of it (see sweeps/storage.py and docs/storage.md).
+``sweep_dir`` is the driver's local staging copy of it (see pah/storage.py and docs/storage.md).
 
 The base config (the spec's preset plus ``set``) is a candidate like any other: it is the
 search phase's first trial (its values for the searched keys that lie in the space), and the
@@ -26,7 +26,20 @@ how the best config compares with not sweeping at all (difference and Welch p).
 
 A phase that finished is never run again; an interrupted one is restored with
 ``Tuner.restore(resume_unfinished=True, resume_errored=True)``: finished trials are kept,
-unfinished and errored ones continue from their last task checkpoint.
+unfinished and errored ones continue from their last task checkpoint. A phase is done only
+when every trial it owes (``_owed``: the search's samples or grid, the confirm jobs) ended
+for a reason: finished, stopped by the scheduler, or errored past ``max_failures``;
+``Tuner.fit()`` also returns after an interrupt (sweeps/interrupts.py: the first SIGINT or
+SIGTERM stops the sweep gracefully, a second at once; exit 130 or 143 with the resume
+command).
+
+Errored trials make the sweep exit 1 (``pah.errors.Failed``), and are of two kinds:
+``OWN_ERRORS``, the trial's own, which a retry from the same checkpoint repeats (a non-finite
+loss, ``pah.trial.NonFiniteLoss``; a bad config, ``pah.errors.UserError``): ``--resume``
+leaves them errored. Every other error is the machine's (a worker killed or out of memory,
+a node lost, storage unreachable or full past its retries): ``--resume`` reopens the phase
+and Tune retries those trials from their last task checkpoint, with a fresh ``max_failures``.
+Every errored trial has its ``error.json`` (the trainable's, else the driver's, from Ray's).
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -41,26 +55,62 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from pah.errors import UserError
+from pah import storage as storage_mod
+from pah.errors import Failed, Interrupted, UserError
 from pah.io import atomic_write_bytes, atomic_write_json, read_json
-from sweeps import storage as storage_mod
+from pah.lock import LOCK_FILE
+from pah.storage import is_uri, remote_of
+from sweeps.interrupts import Interrupts
+from sweeps.phases import (  # noqa: F401  (re-exported: tests and callers use these names here)
+    DEFAULT_STORAGE,
+    PHASES,
+    REPORT,
+    STATE,
+    _param_space,
+    _phase_results,
+    _value,
+    confirm_jobs,
+    select_candidates,
+)
 from sweeps.spec import Spec, load_spec, spec_from_dict
-from sweeps.storage import is_uri, remote_of
 
-__all__ = ["run_sweep", "DEFAULT_STORAGE", "STATE", "REPORT", "select_candidates", "summary_table", "write_report",
-           "confirm_jobs"]
+if TYPE_CHECKING:
+    from analysis.sweep_report import SweepReport
 
-DEFAULT_STORAGE = Path("runs") / "sweeps"
-STATE = "sweep.json"
-REPORT = "report.html"
-PHASES = ("search", "confirm")
+__all__ = ["run_sweep", "DEFAULT_STORAGE", "STATE", "REPORT", "select_candidates", "read_results", "summary_table",
+           "write_report", "confirm_jobs"]
+
 
 
 def run_sweep(
+    spec: str | Path | Spec | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    storage: str | Path | None = None,
+    name: str | None = None,
+    address: str | None = None,
+    resume: str | Path | None = None,
+    progress: bool | str = True,
+) -> Path:
+    """Run (or continue) a sweep; returns its directory.
+
+    One driver per sweep (sweeps/owner.py): the sweep dir's lock, or a bucket's lease, is taken before
+    anything is read or written, and released however this returns; a second driver gets
+    ``pah.lock.Held`` (exit 2) naming the holder. The rest is ``_run_sweep``'s.
+    """
+    from sweeps.owner import sweep_owner
+
+    spec, overrides, name, owner = sweep_owner(spec, overrides, storage, name, resume)
+    with owner:
+        return _run_sweep(spec, overrides=overrides, storage=storage, name=name, address=address, resume=resume,
+                          progress=progress)
+
+
+def _run_sweep(
     spec: str | Path | Spec | None = None,
     *,
     overrides: Sequence[str] = (),
@@ -82,7 +132,7 @@ def run_sweep(
     ("auto", "trials", "summary"; set when a phase starts, kept by a resumed one).
     """
     sweep_dir, spec_obj, state = _open(spec, overrides, storage, name, resume)
-    remote = remote_of(sweep_dir)  # a URI: sweep_dir is the driver's staging copy (sweeps/storage.py)
+    remote = remote_of(sweep_dir)  # a URI: sweep_dir is the driver's staging copy (pah/storage.py)
     print(f"sweep: {remote or sweep_dir}", flush=True)
     if remote is None:
         _check_storage(sweep_dir)
@@ -90,38 +140,103 @@ def run_sweep(
         done = [p for p in PHASES if state["phases"][p]["done"]]
         print(f"resuming {spec_obj.name} ({', '.join(done) if done else 'no phase'} done)", flush=True)
 
+    resume_cmd = f"pah sweep --resume {shlex.quote(str(remote or sweep_dir))}"
+    _reopen_errored(sweep_dir, spec_obj, state)
     phases = state["phases"]
     if phases["search"]["done"] and (phases["confirm"]["done"] or not spec_obj.confirm.top_k):
-        print(summary_table(sweep_dir, spec_obj, state), flush=True)  # finished already: no Ray needed
+        report = read_results(sweep_dir)  # finished already: no Ray needed
+        print(summary_table(report), flush=True)
         if not (sweep_dir / REPORT).exists():
-            write_report(sweep_dir)
+            write_report(sweep_dir, report)
+        _check_errored(sweep_dir, resume_cmd, report)
         return sweep_dir
     if "base" not in state:
         from sweeps.search import base_point
 
-        state["base"] = base_point(spec_obj)
+        state["base"] = None if spec_obj.methods else base_point(spec_obj)  # a study: one per method (sweeps/study.py)
         _save(sweep_dir, state)
-    with _ray(address, spec_obj):
+    # SIGINT/SIGTERM: the first stops the phase gracefully, a second at once (sweeps/interrupts.py)
+    interrupts = Interrupts(resume_cmd)
+    with _aborts(interrupts), interrupts, _ray(address, spec_obj):
+        interrupts.install()  # ray.init sets a SIGTERM handler of its own
         if not state["phases"]["search"]["done"]:
-            _run_phase(sweep_dir, spec_obj, state, "search", progress)
+            _run_phase(sweep_dir, spec_obj, state, "search", progress, interrupts)
+        interrupts.check()
         if spec_obj.confirm.top_k:
             if "candidates" not in state["phases"]["confirm"]:
-                state["phases"]["confirm"]["candidates"] = select_candidates(sweep_dir, spec_obj, base=state["base"])
+                if spec_obj.methods:  # a study: each method's top K and its default config
+                    from sweeps.study import study_candidates
+
+                    state["phases"]["confirm"]["candidates"] = study_candidates(sweep_dir, spec_obj)
+                else:
+                    state["phases"]["confirm"]["candidates"] = select_candidates(sweep_dir, spec_obj, base=state["base"])
                 _save(sweep_dir, state)
             if not state["phases"]["confirm"]["done"]:
-                _run_phase(sweep_dir, spec_obj, state, "confirm", progress)
+                _run_phase(sweep_dir, spec_obj, state, "confirm", progress, interrupts)
 
-    print(summary_table(sweep_dir, spec_obj, state), flush=True)
-    write_report(sweep_dir)
+    report = read_results(sweep_dir)
+    print(summary_table(report), flush=True)
+    write_report(sweep_dir, report)
+    _check_errored(sweep_dir, resume_cmd, report)
     return sweep_dir
 
 
-def write_report(sweep_dir: Path) -> Path | None:
-    """SWEEP/report.html (see analysis.html); a failure is a note, never a failed sweep."""
+@contextlib.contextmanager
+def _aborts(interrupts: Interrupts) -> Iterator[None]:
+    """A second signal's KeyboardInterrupt (or what Ray made of it) ends the sweep as ``Interrupted``."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except BaseException:
+        if interrupts.aborted:
+            raise interrupts.abort_error() from None
+        raise
+
+
+def read_results(sweep_dir: Path) -> SweepReport | None:
+    """The sweep's results read once, for its table and its report (analysis.sweep_report: load ->
+    aggregate -> compare); None, with a note, if that fails (the results are on disk either way)."""
+    from analysis.sweep_report import sweep_report
+
+    try:
+        return sweep_report(sweep_dir)
+    except Exception as e:  # `pah analyze SWEEP` reads them again
+        print(f"note: could not read the results of {sweep_dir} ({type(e).__name__}: {e}); "
+              f"pah analyze {sweep_dir} reads them", file=sys.stderr, flush=True)
+        return None
+
+
+def summary_table(report: SweepReport | None) -> str:
+    """What the sweep prints at its end: the seed-averaged table of the confirmed configs (all configs
+    when there is no confirm phase) with the trial states and the best config against the base config
+    under it, or a study's table (analysis.sweep_report)."""
+    if report is None:
+        return ""
+    try:
+        return report.text()
+    except Exception as e:  # a report that fails to render never fails the sweep
+        print(f"note: the table failed ({type(e).__name__}: {e}); pah analyze {report.info.dir} prints it",
+              file=sys.stderr, flush=True)
+        return ""
+
+
+def write_report(sweep_dir: Path, report: SweepReport | None = None) -> Path | None:
+    """SWEEP/report.html (see analysis.html), from the results read once (``report``, else read here);
+    a failure is a note, never a failed sweep."""
     try:
         from analysis.html import write_html
+        from analysis.study_table import STUDY_DIR, write_study_files
 
-        path = write_html([sweep_dir], sweep_dir / REPORT)
+        report = report if report is not None else read_results(sweep_dir)
+        if report is not None and report.study is not None:  # a study's table as markdown, LaTeX, CSV and JSON
+            write_study_files(sweep_dir, table=report.study)
+            _push(sweep_dir, STUDY_DIR)
+        if report is None or report.results is None:
+            path = write_html([sweep_dir], sweep_dir / REPORT)  # reads them, or says why it cannot
+        else:
+            path = write_html([sweep_dir], sweep_dir / REPORT, results=report.results, summary=report.summary(),
+                              reports=[report])
         _push(sweep_dir, REPORT)
     except Exception as e:  # the results are on disk either way; `pah analyze SWEEP --html` retries
         print(f"note: could not write {sweep_dir / REPORT} ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
@@ -162,7 +277,7 @@ def _open(spec, overrides, storage, name, resume) -> tuple[Path, Spec, dict[str,
             print(f"note: {sweep_dir} holds a sweep of another spec; continuing it with its saved spec",
                   file=sys.stderr, flush=True)
         return loaded
-    if sweep_dir.exists() and any(sweep_dir.iterdir()):
+    if sweep_dir.exists() and any(p.name != LOCK_FILE for p in sweep_dir.iterdir()):  # our own lock aside
         raise UserError(f"sweep dir {sweep_dir} exists and is not a sweep; choose another --name or --storage")
     return _new_sweep(sweep_dir, spec_obj, str(sweep_dir / "tune"))
 
@@ -190,10 +305,7 @@ def _open_remote(uri: str, spec_obj: Spec | None) -> tuple[Path, Spec, dict[str,
     storage_mod.mark_staging(local, uri)
     storage_mod.download(uri, local)
     if (local / STATE).is_file():  # a resume, or a requeued job calling us again
-        loaded = _load_state(local)
-        for c in loaded[2]["phases"]["confirm"].get("candidates") or []:  # staged elsewhere ($TMPDIR) before?
-            if c.get("dir"):
-                c["dir"] = str(local / "trials" / "search" / Path(c["dir"]).name)
+        loaded = _load_state(local)  # staged elsewhere ($TMPDIR) before: its paths are made this copy's
         if spec_obj is not None and loaded[2]["spec"] != spec_obj.to_dict():
             print(f"note: {uri} holds a sweep of another spec; continuing it with its saved spec",
                   file=sys.stderr, flush=True)
@@ -208,6 +320,14 @@ def _open_remote(uri: str, spec_obj: Spec | None) -> tuple[Path, Spec, dict[str,
 def _load_state(sweep_dir: Path) -> tuple[Path, Spec, dict[str, Any]]:
     state = read_json(sweep_dir / STATE)
     spec_obj = spec_from_dict(dict(state["spec"]), name=state["spec"].get("name", "sweep"), check_configs=False)
+    # The paths it holds are where the sweep was when they were written: a sweep moved, copied or synced
+    # elsewhere (or staged from a bucket into another $TMPDIR) works where it is now.
+    for c in state["phases"]["confirm"].get("candidates") or []:
+        if c.get("dir"):
+            c["dir"] = str(sweep_dir / "trials" / "search" / Path(c["dir"]).name)
+    for phase, info in state["phases"].items():
+        if info.get("path") and not is_uri(info["path"]):
+            info["path"] = str(sweep_dir / "tune" / phase)
     return sweep_dir, spec_obj, state
 
 
@@ -308,47 +428,14 @@ def _ray(address: str | None, spec: Spec) -> Iterator[None]:
 # --------------------------------------------------------------------------- phases
 
 
-def _param_space(spec: Spec, phase: str, state: dict[str, Any]) -> dict[str, Any]:
-    from ray import tune
-
-    if phase == "confirm":
-        # a grid over the (candidate, seed) pairs: not every candidate runs every seed (see confirm_jobs).
-        # Ray 2.60 hands these functions its spec dict (config under .config), calling that form deprecated;
-        # the form it recommends fails for a value from a grid (tests/test_sweep_base.py resolves this space).
-        jobs = confirm_jobs(spec, state)
-        return {
-            "job": tune.grid_search(list(range(len(jobs)))),
-            "candidate": tune.sample_from(lambda s: jobs[s.config.job][0]),
-            "seed": tune.sample_from(lambda s: jobs[s.config.job][1]),
-        }
-    space: dict[str, Any] = {}
-    for key, d in spec.space.items():
-        if spec.searcher == "grid":
-            space[key] = tune.grid_search(list(d.args))
-        elif d.kind == "uniform":
-            space[key] = tune.uniform(*d.args)
-        elif d.kind == "loguniform":
-            space[key] = tune.loguniform(*d.args)
-        elif d.kind == "int":
-            space[key] = tune.randint(d.args[0], d.args[1] + 1)  # spec bounds are inclusive
-        else:
-            space[key] = tune.choice(list(d.args))
-    return space
-
-
-def confirm_jobs(spec: Spec, state: dict[str, Any]) -> list[tuple[int, int]]:
-    """(candidate index, seed) of every confirm trial: each candidate on each confirm seed, except the
-    search seed for a candidate whose search trial finished on it (that result is reused)."""
-    confirm = state["phases"]["confirm"]
-    search_seed = confirm.get("search_seed")
-    return [(i, seed) for i, c in enumerate(confirm.get("candidates") or []) for seed in spec.confirm.seeds
-            if not (seed == search_seed and c.get("dir"))]
-
-
 def _searcher(spec: Spec, seed: int, point: dict[str, Any] | None, mirror: Path | None = None):
     """Optuna (TPE, multi-objective) or Tune's BasicVariantGenerator, asking for ``point`` (the base) first."""
     if spec.searcher == "grid":
         return None  # the grid's own points; the base config enters through the confirm phase
+    if spec.methods:  # a study: one Optuna study per method, their trials handed out in turn
+        from sweeps.multisearch import MethodsSearch
+
+        return MethodsSearch.for_spec(spec, seed, mirror)
     if spec.searcher == "random":
         from ray.tune.search import BasicVariantGenerator
 
@@ -386,6 +473,11 @@ def _export_study(sweep_dir: Path) -> None:
 
         searcher = OptunaSearch()
         searcher.restore(str(states[-1]))
+        if hasattr(searcher, "searchers"):  # a study's (sweeps.multisearch.MethodsSearch): one study per method
+            from sweeps.multisearch import export_studies
+
+            export_studies(searcher.searchers, sweep_dir)
+            return
         while not hasattr(searcher, "_ot_study") and hasattr(searcher, "searcher"):  # a ConcurrencyLimiter
             searcher = searcher.searcher
         study = searcher._ot_study
@@ -407,15 +499,21 @@ def _scheduler(spec: Spec, num_tasks: int):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    # ASHA takes one metric: the first one of a multi-objective spec
-    return ASHAScheduler(
-        time_attr="tasks_completed",
-        metric=spec.metrics[0],
-        mode=spec.modes[0],
-        max_t=num_tasks,
-        grace_period=min(spec.scheduler.grace_period, num_tasks),
-        reduction_factor=spec.scheduler.reduction_factor,
-    )
+    def asha() -> ASHAScheduler:  # ASHA takes one metric: the first one of a multi-objective spec
+        return ASHAScheduler(
+            time_attr="tasks_completed",
+            metric=spec.metrics[0],
+            mode=spec.modes[0],
+            max_t=num_tasks,
+            grace_period=min(spec.scheduler.grace_period, num_tasks),
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+
+    if spec.methods:  # a study: a method's trials are ranked among its own only (sweeps/multisearch.py)
+        from sweeps.multisearch import PerMethodScheduler
+
+        return PerMethodScheduler(asha, metric=spec.metrics[0], mode=spec.modes[0])
+    return asha()
 
 
 def _wandb_env(spec: Spec) -> str:
@@ -440,19 +538,23 @@ def _wandb_callback(spec: Spec, sweep_dir: Path, candidates: list[dict[str, Any]
         return []
 
     class GroupedWandb(FeedingWandbCallback):
-        """W&B runs grouped by config_id, so the seeds of one config share a group; complete when
-        the phase ends (sweeps/wandb_runs.py: a restored trial's run replays its earlier one)."""
+        """W&B runs grouped by config_id, so the seeds of one config share a group, and tagged with
+        their method (a study compares methods: W&B's "group by" on config.method, or the tag, puts
+        each method's configs together); complete when the phase ends (sweeps/wandb_runs.py: a
+        restored trial's run replays its earlier one)."""
 
         def log_trial_start(self, trial):
+            from pah.config import config_id
             from sweeps.trainable import params_of
 
             params = params_of(trial.config, candidates)
-            self.group = _config_id_of(spec, trial.config, candidates)
-            # the run's config says what the trial trained: its searched values, config_id and seed
-            # (a confirm trial's Tune config holds only a candidate index and a seed)
+            cfg = spec.trial_config(params, trial.config.get("seed"))
+            self.group = config_id(cfg)
+            # the run's config says what the trial trained: its method, searched values, config_id and
+            # seed (a confirm trial's Tune config holds only a candidate index and a seed)
             self.kwargs["config"] = {**{k: v for k, v in trial.config.items() if k not in self.excludes}, **params,
-                                     "config_id": self.group,
-                                     "seed": spec.trial_config(params, trial.config.get("seed")).seed}
+                                     "method": cfg.method.name, "config_id": self.group, "seed": cfg.seed}
+            self.kwargs["tags"] = [cfg.method.name]
             super().log_trial_start(trial)
 
         def on_experiment_end(self, trials, **info):
@@ -465,23 +567,23 @@ def _wandb_callback(spec: Spec, sweep_dir: Path, candidates: list[dict[str, Any]
         mode=mode,
         dir=str(sweep_dir),
         job_type=spec.name,
-        excludes=["config_id", "seed"],
+        excludes=["config_id", "seed", "method"],
     )]
 
 
-def _config_id_of(spec: Spec, config: dict[str, Any], candidates: list[dict[str, Any]] | None) -> str:
-    from pah.config import config_id
-    from sweeps.trainable import params_of
-
-    return config_id(spec.trial_config(params_of(config, candidates), config.get("seed")))
-
-
-def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, progress: bool | str) -> None:
+def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, progress: bool | str,
+               interrupts: Interrupts | None = None) -> None:
     from ray import tune
 
     from sweeps.packing import packer_names, start_packers, stop_packers
     from sweeps.progress import ConciseProgress
-    from sweeps.snapshot import SnapshotGuard, fill_missing_checkpoints, pace_tune_snapshots, repair
+    from sweeps.snapshot import (
+        SnapshotGuard,
+        fill_missing_checkpoints,
+        new_trials_where_restored,
+        pace_tune_snapshots,
+        repair,
+    )
     from sweeps.trainable import make_trainable
 
     base_cfg = spec.trial_config()
@@ -521,26 +623,33 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
         from sweeps.search import MIRROR_ENV
 
         os.environ[MIRROR_ENV] = str(sweep_dir / "optuna.db")
-    if tune.Tuner.can_restore(restore_path):
+    # Nothing Tune saved binds the sweep to where it was: Tune takes the storage path from restore_path,
+    # the new trials' from new_trials_where_restored, the trainable is given again, and so are the callbacks.
+    new_trials_where_restored()
+    restorable = tune.Tuner.can_restore(restore_path)
+    rebuild = restorable and not remote and _tuner_pkl_damaged(exp_path, phase)
+    if restorable and not rebuild:
         print(f"[{phase}] restoring {restore_path}", flush=True)
         _wandb_env(spec)  # the restored W&B callback needs the mode too
         tuner = tune.Tuner.restore(
             restore_path, trainable, resume_unfinished=True, resume_errored=True,
             param_space=_param_space(spec, phase, state),
         )
+        run_config = tuner._local_tuner.get_run_config()  # the callbacks Tuner.restore unpickled from tuner.pkl
+        run_config.callbacks = _relocated(run_config.callbacks, spec, sweep_dir, exp_path, remote, candidates)
     else:
-        from pah.data import BENCHMARKS
+        from pah.conf import resolved_shape
 
-        num_tasks = BENCHMARKS.get(base_cfg.data.name)().resolved_shape(base_cfg.data).num_tasks
+        num_tasks = resolved_shape(base_cfg.data).num_tasks
         metric, mode = spec.metrics[0], spec.modes[0]
         search = phase == "search"
         point = (state.get("base") or {}).get("point") if search and spec.searcher != "grid" else None
-        if search and progress:
+        if search and progress and not rebuild:
             print(_base_line(spec, state.get("base")), flush=True)
         callbacks: list[Any] = [
             ConciseProgress(phase, metric, mode, sweep_dir=str(sweep_dir), enabled=bool(progress), candidates=candidates,
                             scheduler=spec.scheduler.name, base_point=point,
-                            total=spec.num_samples if search and spec.searcher != "grid" else
+                            total=spec.search_trials if search and spec.searcher != "grid" else
                             None if search else len(confirm_jobs(spec, state)),
                             verbosity=progress if isinstance(progress, str) else "auto"),
         ]
@@ -556,7 +665,7 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
             tune_config=tune.TuneConfig(
                 search_alg=search_alg,
                 scheduler=_scheduler(spec, num_tasks) if search else None,
-                num_samples=spec.num_samples if search else 1,
+                num_samples=spec.search_trials if search else 1,
                 # a BasicVariantGenerator limits itself (Tune ignores this for it, with a warning)
                 max_concurrent_trials=None if search and spec.searcher == "random" else spec.max_concurrent,
                 # A finished or stopped trial's worker process runs the next trial: its imports (torch,
@@ -573,13 +682,20 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
                 verbose=0,
             ),
         )
-        if search:
+        if rebuild:  # that fresh Tuner wrote a good tuner.pkl; Tune's experiment state holds the rest
+            print(f"[{phase}] restoring {restore_path}", flush=True)
+            tuner = tune.Tuner.restore(
+                restore_path, trainable, resume_unfinished=True, resume_errored=True,
+                param_space=_param_space(spec, phase, state),
+            )
+        elif search:
             state["phases"]["confirm"]["search_seed"] = base_cfg.seed
     state["phases"][phase]["started"] = True
     _save(sweep_dir, state)
     handles = start_packers(packers, capacity=pack, cpus=spec.resources.cpus * pack, gpus=spec.resources.gpus) if packers else []
     try:
-        grid = tuner.fit()
+        with interrupts.fitting() if interrupts is not None else contextlib.nullcontext():
+            grid = tuner.fit()  # returns after an interrupt too: what ended is counted below
     finally:
         stop_packers(handles)
     if remote:  # the trials' small files, for the candidates, the table and stopped.json
@@ -589,17 +705,87 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
                                  keep=lambda rel: rel.startswith("searcher-state-"))
     if phase == "search" and spec.searcher.startswith("optuna"):
         _export_study(sweep_dir)
-    _mark_stopped(sweep_dir, spec, phase, grid)
+    trials = list(grid._experiment_analysis.trials)  # Tune's Trial objects: their status and last result
+    _mark_stopped(sweep_dir, spec, phase, trials)
+    errored = [t for t in trials if t.status == "ERROR"]
+    _record_errors(sweep_dir, phase, errored)
     if remote:
         _push(sweep_dir, "optuna.db", "wandb",
-              *(str(p.relative_to(sweep_dir)) for p in (sweep_dir / "trials" / phase).glob("*/stopped.json")))
-    errored = [r for r in grid if r.error is not None]
-    state["phases"][phase]["done"] = True
-    state["phases"][phase]["seconds"] = round(state["phases"][phase].get("seconds", 0.0) + time.monotonic() - t0, 1)
-    state["phases"][phase]["errored"] = len(errored)
+              *(str(p.relative_to(sweep_dir)) for name in ("stopped.json", "error.json")
+                for p in (sweep_dir / "trials" / phase).glob(f"*/{name}")))
+    # Done only when every trial the phase owes ended for a reason (finished, stopped by the
+    # scheduler, errored past max_failures): fit() returns after an interrupt as well.
+    ended = [t for t in trials if _ended(t, sweep_dir / "trials" / phase)]
+    owed = max(_owed(spec, state, phase), len(trials))
+    interrupted = interrupts is not None and interrupts.signum is not None
+    done = not interrupted and len(ended) == owed
+    record = state["phases"][phase]
+    record["done"] = done
+    record["seconds"] = round(record.get("seconds", 0.0) + time.monotonic() - t0, 1)
+    record["errored"] = len(errored)
     _save(sweep_dir, state)
     if progress:
-        print(f"[{phase}] finished: {len(grid)} trials, {len(errored)} errored", flush=True)
+        word = "finished" if done else "interrupted" if interrupted else "stopped"
+        print(f"[{phase}] {word}: {len(ended)} of {owed} trials ended, {len(errored)} errored", flush=True)
+    if done:
+        return
+    open_ = sorted(str(t.trial_id) for t in trials if t not in ended)
+    which = f" ({', '.join(open_[:5])}{', ...' if len(open_) > 5 else ''} did not)" if open_ else ""
+    left = (f"{phase}: {len(ended)} of {owed} trials ended{which}; the others continue from their last task "
+            "checkpoint")
+    if interrupted:
+        raise interrupts.interrupted(left)
+    raise Failed(f"Ray Tune ended the {phase} phase before its trials ({left}); resume with: pah sweep --resume "
+                 f"{shlex.quote(str(remote or sweep_dir))}")
+
+
+def _tuner_pkl_damaged(exp_path: Path, phase: str) -> bool:
+    """Whether Tune's ``tuner.pkl`` of this phase is unreadable (truncated, emptied): then it is rebuilt.
+
+    It holds only what this driver builds from sweep.json (the Tuner's settings and callbacks): a fresh
+    Tuner writes it again, and Tune's experiment state (``experiment_state-*.json`` and the searcher's
+    snapshot) restores the trials and the search. Without that state there is nothing to restore it
+    from: a ``Failed`` naming the file.
+    """
+    from ray import cloudpickle
+
+    from analysis.states import first_line
+
+    path = exp_path / "tuner.pkl"
+    try:
+        cloudpickle.loads(path.read_bytes())
+        return False
+    except Exception as e:  # noqa: BLE001 - any unreadable pickle (UnpicklingError, EOFError, ...)
+        why = first_line(f"{type(e).__name__}: {e}")
+    if not any(exp_path.glob("experiment_state-*.json")):
+        raise Failed(f"{path} is damaged ({why}) and {exp_path} holds no Tune experiment state to rebuild it from; "
+                     f"restore that folder from a copy of the sweep, or start the sweep again")
+    print(f"[{phase}] {path} is damaged ({why}): rebuilding it from {STATE} and Tune's experiment state", flush=True)
+    return True
+
+
+def _relocated(callbacks: list[Any] | None, spec: Spec, sweep_dir: Path, exp_path: Path, remote: str | None,
+               candidates: list[dict[str, Any]] | None) -> list[Any]:
+    """The callbacks a restored Tuner unpickled, made this sweep dir's: the progress line and the snapshot
+    guard keep their settings with the paths of where the sweep is now; the uploads and the W&B callback
+    (stateless until the phase starts) are built again here, so W&B runs go to this sweep's wandb/."""
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    from sweeps.progress import ConciseProgress
+    from sweeps.snapshot import SnapshotGuard
+
+    out: list[Any] = []
+    for cb in callbacks or []:
+        if isinstance(cb, ConciseProgress):
+            cb.sweep_dir = str(sweep_dir)
+        elif isinstance(cb, SnapshotGuard):
+            cb.exp_dir = str(exp_path)
+        elif isinstance(getattr(cb, "mirror", None), storage_mod.Mirror):  # Uploads, a class of _uploads_cls
+            cb = _uploads_cls()(str(sweep_dir), remote)
+        elif isinstance(cb, WandbLoggerCallback):
+            continue  # built again below
+        out.append(cb)
+    return out + _wandb_callback(spec, sweep_dir, candidates)
 
 
 def _uploads_cls():
@@ -617,6 +803,10 @@ def _uploads_cls():
 
 def _base_line(spec: Spec, base: dict[str, Any] | None) -> str:
     """What the search does with the base config, in one line."""
+    if spec.methods:
+        from sweeps.study import base_line
+
+        return base_line(spec)
     confirm = "; the confirm phase runs the base config itself" if spec.confirm.top_k else ""
     if not base or not spec.space:
         return "[search] the base config is not one of the search's trials" + confirm
@@ -634,118 +824,139 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _mark_stopped(sweep_dir: Path, spec: Spec, phase: str, grid) -> None:
+def _ended(trial: Any, trials_dir: Path) -> bool:
+    """Whether a Tune trial ended for a reason: finished, stopped by the scheduler, or errored for good.
+
+    Tune marks the trials an interrupt cut short TERMINATED too (``TuneController.cleanup``, after
+    its last snapshot, which keeps them RUNNING), but their last result is not a final one: only a
+    finished trial's or a stopped one's carries ``done``. A trial restored TERMINATED from a snapshot
+    that Tune wrote before it recorded the final result (a driver killed just then) has no ``done``
+    either: its own directory is the second witness (``result.json``: finished; ``stopped.json``:
+    stopped early), as for ``pah analyze``.
+    """
+    if trial.status == "ERROR":
+        return True
+    if trial.status != "TERMINATED":
+        return False
+    if (trial.last_result or {}).get("done"):
+        return True
+    from analysis.states import TrialState, trial_status
+
+    d = trials_dir / str(trial.trial_id)
+    return d.is_dir() and trial_status(d).state in (TrialState.FINISHED, TrialState.STOPPED)
+
+
+def _owed(spec: Spec, state: dict[str, Any], phase: str) -> int:
+    """How many trials the phase runs in all: the search's samples (times the grid), the confirm jobs."""
+    if phase == "confirm":
+        return len(confirm_jobs(spec, state))
+    if spec.searcher == "grid":
+        return spec.search_trials * math.prod(len(d.args) for d in spec.space.values())
+    return spec.search_trials
+
+
+#: error types (error.json's "type") that are the trial's own and recur on a retry from the same
+#: checkpoint: a non-finite loss (pah.trial.NonFiniteLoss: deterministic from that checkpoint) and a
+#: bad config (pah.errors.UserError). Every other error (a worker killed, out of memory, a node or the
+#: storage lost) is the machine's, and ``pah sweep --resume`` retries it.
+OWN_ERRORS = ("NonFiniteLoss", "UserError")
+
+
+def _errored(sweep_dir: Path, phase: str, report: SweepReport | None = None) -> list[tuple[Path, str]]:
+    """(trial dir, error type) of every errored trial of a phase, from the trial dirs (analysis.states), or
+    from the trial states the sweep's ``report`` read already."""
+    from analysis.states import ERROR, TrialState, trial_status
+
+    root = sweep_dir / "trials" / phase
+    known = {s.path: s.state for s in report.statuses} if report is not None else {}
+    out = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if d.is_dir() and (known[d] if d in known else trial_status(d).state) is TrialState.ERRORED:
+            try:
+                kind = str(read_json(d / ERROR).get("type") or "")
+            except (OSError, ValueError, AttributeError):
+                kind = ""
+            out.append((d, kind))
+    return out
+
+
+def _record_errors(sweep_dir: Path, phase: str, errored: list[Any]) -> None:
+    """Every errored trial gets its error.json: one whose worker died (killed, out of memory, a node
+    lost) wrote none, or an older one, from before a retry that trained further; it is taken from Ray's."""
+    from sweeps.progress import error_reason
+    from sweeps.trainable import META
+
+    for t in errored:
+        d = sweep_dir / "trials" / phase / t.trial_id
+        try:
+            done = int(read_json(d / "checkpoint" / META)["tasks_completed"])
+        except (OSError, ValueError, KeyError, TypeError):
+            done = 0
+        try:
+            old = read_json(d / "error.json")
+            if isinstance(old, dict) and int(old.get("tasks_done") or 0) >= done:
+                continue  # the trainable's own record of this error
+        except (OSError, ValueError, TypeError):
+            pass
+        reason = error_reason(t)  # the last line of Ray's error.txt
+        head, sep, rest = reason.partition(": ")
+        if sep and head and " " not in head:  # "ray.exceptions.RayTaskError: ..."
+            kind, message = head.rsplit(".", 1)[-1], rest
+        else:  # a worker that died: Ray says so in words ("The actor is dead because its worker process has died")
+            kind, message = ("WorkerDied" if "died" in reason else "Error"), reason
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(d / "error.json", {"type": kind, "message": message, "tasks_done": done,
+                                             "recorded_by": "driver"})
+
+
+def _reopen_errored(sweep_dir: Path, spec: Spec, state: dict[str, Any]) -> None:
+    """On a resume, a done phase with trials errored for a reason outside them (not OWN_ERRORS) runs again:
+    Tune's restore continues those from their last task checkpoint, with a fresh max_failures."""
+    from sweeps.snapshot import fresh_failures_at
+
+    remote = remote_of(sweep_dir)
+    for phase in PHASES:
+        record = state["phases"][phase]
+        if not record.get("done"):
+            continue
+        retry = [d for d, kind in _errored(sweep_dir, phase) if kind not in OWN_ERRORS]
+        if not retry:
+            continue
+        exp = storage_mod.join(remote, "tune", phase) if remote else sweep_dir / "tune" / phase
+        fresh_failures_at(exp, {d.name for d in retry})
+        record["done"] = False
+        _save(sweep_dir, state)
+        print(f"[{phase}] retrying {len(retry)} errored trial(s) from their last task checkpoint: "
+              f"{', '.join(d.name for d in retry)}", flush=True)
+
+
+def _check_errored(sweep_dir: Path, resume_cmd: str, report: SweepReport | None = None) -> None:
+    """A sweep with errored trials fails (exit 1), naming how many, which kind, and the resume command."""
+    found = [(phase, d, kind) for phase in PHASES for d, kind in _errored(sweep_dir, phase, report)]
+    if not found:
+        return
+    per_phase = ", ".join(f"{p} {sum(1 for q, _, _ in found if q == p)}" for p in PHASES if any(q == p for q, _, _ in found))
+    own = [(p, d, k) for p, d, k in found if k in OWN_ERRORS]
+    retry = len(found) - len(own)
+    text = f"{len(found)} trial(s) errored ({per_phase})"
+    if own:
+        text += (f"; {len(own)} by an error of their own that a retry repeats ({', '.join(sorted({k for _, _, k in own}))}"
+                 f": change the config; e.g. {own[0][1] / 'error.json'})")
+    if retry:
+        text += f"; {retry} by a fault outside the trial, which a resume retries from its last task checkpoint"
+    raise Failed(f"{text}; resume with: {resume_cmd}")
+
+
+def _mark_stopped(sweep_dir: Path, spec: Spec, phase: str, trials: list[Any]) -> None:
     """Make sure every trial the scheduler ended early has its stopped.json (the progress callback writes it
-    as it happens; a driver that died in between, and was restored, would miss it)."""
+    as it happens; a driver that died in between, and was restored, would miss it). Only a real scheduler
+    stops trials: with none, a trial short of its last task was cut short (an interrupt), and resumes."""
     from sweeps.progress import mark_stopped
 
-    for r in grid:
-        m = r.metrics or {}
-        if r.error is None and m.get("trial_id"):
+    if spec.scheduler.name in ("none", "", None):
+        return
+    for t in trials:
+        m = t.last_result or {}
+        if t.status == "TERMINATED" and m.get("done") and m.get("trial_id"):
             mark_stopped(sweep_dir / "trials" / phase / str(m["trial_id"]), m, by=spec.scheduler.name,
                          metric=spec.metrics[0])
-
-
-# --------------------------------------------------------------------------- confirm candidates and the table
-
-
-def _phase_results(sweep_dir: Path, phase: str) -> list[tuple[Path, dict[str, Any]]]:
-    out = []
-    for p in sorted((sweep_dir / "trials" / phase).glob("*/result.json")):
-        try:
-            out.append((p.parent, read_json(p)))
-        except (OSError, ValueError):
-            continue
-    return out
-
-
-def _value(result: dict[str, Any], metric: str) -> float | None:
-    section = "val_metrics" if metric.startswith("val_") else "metrics"
-    v = (result.get(section) or {}).get(metric.removeprefix("val_"))
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
-def select_candidates(sweep_dir: Path, spec: Spec, *, base: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The top-K distinct configs of phase 1 that finished the whole sequence, plus the base config.
-
-    Single objective: sorted by the metric. Several: non-dominated fronts first, then the
-    first metric within a front. ``base`` (see :func:`sweeps.search.base_point`): the base
-    config is marked ``"base": True`` where it is among the top K, else appended, with the
-    dir of its finished search trial if there is one (else ``"dir": None``: the confirm
-    phase then runs it on the search seed too).
-    """
-    from sweeps.trainable import read_params
-
-    rows = []
-    for d, res in _phase_results(sweep_dir, "search"):
-        vals = [_value(res, m) for m in spec.metrics]
-        if any(v is None for v in vals):
-            continue
-        signed = [v if mode == "max" else -v for v, mode in zip(vals, spec.modes, strict=True)]
-        rows.append({"dir": str(d), "config_id": res["config_id"], "params": read_params(d)["params"], "score": signed})
-    remaining = list(rows)
-    ranked: list[dict[str, Any]] = []
-    while remaining:  # peel off non-dominated fronts (all maximised after the sign flip)
-        front = [r for r in remaining if not any(_dominates(o["score"], r["score"]) for o in remaining)]
-        ranked += sorted(front, key=lambda r: r["score"][0], reverse=True)
-        remaining = [r for r in remaining if r not in front]
-    out, seen = [], set()
-    for r in ranked:
-        if r["config_id"] not in seen:
-            seen.add(r["config_id"])
-            out.append(r)
-    out = out[: spec.confirm.top_k]
-    if base is not None and spec.confirm.top_k:
-        mine = [r for r in out if r["config_id"] == base["config_id"]]
-        if mine:
-            mine[0]["base"] = True
-        else:
-            done = [r for r in ranked if r["config_id"] == base["config_id"]]
-            out.append({"dir": done[0]["dir"] if done else None, "config_id": base["config_id"],
-                        "params": dict(base["values"]), "score": done[0]["score"] if done else None, "base": True})
-    return out
-
-
-def _dominates(a: list[float], b: list[float]) -> bool:
-    return all(x >= y for x, y in zip(a, b, strict=True)) and any(x > y for x, y in zip(a, b, strict=True))
-
-
-def _table_dirs(sweep_dir: Path, spec: Spec, state: dict[str, Any]) -> list[Path]:
-    if spec.confirm.top_k:
-        confirm = state["phases"]["confirm"]
-        reused = confirm.get("search_seed") in spec.confirm.seeds  # phase 1 ran that seed already
-        return [Path(c["dir"]) for c in confirm.get("candidates", []) if reused and c.get("dir")] + [
-            sweep_dir / "trials" / "confirm"]
-    return [sweep_dir / "trials" / "search"]
-
-
-def summary_table(sweep_dir: Path, spec: Spec, state: dict[str, Any]) -> str:
-    """The seed-averaged table of the confirmed configs (all configs when there is no confirm phase)."""
-    dirs = [d for d in _table_dirs(sweep_dir, spec, state) if d.exists()]
-    title = "confirmed configs, seed-averaged" if spec.confirm.top_k else "all configs, seed-averaged"
-    try:
-        from analysis import summarize_dirs  # the analysis package, when it is installed
-    except ImportError:
-        summarize_dirs = None
-    if summarize_dirs is not None and dirs:
-        try:
-            from analysis.sweep import sweep_summary
-
-            return (f"\n{title}:\n" + summarize_dirs([str(d) for d in dirs], by=None, fmt="table", quiet=True)
-                    + "".join(f"\n{line}" for line in sweep_summary(sweep_dir)) + "\n")
-        except Exception as e:  # the fallback below still gives the user their numbers
-            print(f"note: analysis.summarize_dirs failed ({type(e).__name__}: {e}); plain table", file=sys.stderr)
-    from sweeps.table import plain_table
-
-    return f"\n{title}:\n" + plain_table(dirs, params_of=_params_of(sweep_dir))
-
-
-def _params_of(sweep_dir: Path) -> dict[str, dict[str, Any]]:
-    """config_id -> the sampled params of any trial with that config."""
-    out: dict[str, dict[str, Any]] = {}
-    for phase in PHASES:
-        for d, res in _phase_results(sweep_dir, phase):
-            p = d / "params.json"
-            if p.exists():
-                out.setdefault(res["config_id"], read_json(p)["params"])
-    return out

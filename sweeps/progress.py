@@ -64,6 +64,8 @@ def mark_stopped(trial_dir: Path, result: dict[str, Any], *, by: str, metric: st
     if not trial_dir.is_dir() or (trial_dir / "result.json").exists() or not is_partial(result):
         return False
     marker = {"by": by, "tasks_completed": result.get("tasks_completed"), "num_tasks": result.get("num_tasks")}
+    if isinstance(result.get("train_seconds"), (int, float)):  # what it cost (a study's table counts it)
+        marker["train_seconds"] = float(result["train_seconds"])
     if metric is not None and isinstance(result.get(metric), (int, float)):
         marker.update(metric=metric, value=float(result[metric]))
     if not (trial_dir / STOPPED).exists():
@@ -192,7 +194,9 @@ class ConciseProgress(Callback):
         r = trial.last_result or {}
         self._update_best(trial, r)  # Tune passed this result to on_trial_result already
         best = self._best is not None and self._best[1] == trial.trial_id
-        stopped = mark_stopped(self._dir(trial), r, by=self.scheduler, metric=self.metric)
+        # only a real scheduler stops a trial early (an interrupt never gets here: its trials resume)
+        stopped = self.scheduler not in ("none", "") and mark_stopped(self._dir(trial), r, by=self.scheduler,
+                                                                      metric=self.metric)
         if not self._per_trial():
             if best:
                 self._print(f"{trial.trial_id} new best  ACC {100 * r.get('avg_acc', float('nan')):.1f}% "

@@ -159,17 +159,22 @@ def _copy_trial(t: Any, key: str) -> Any:
     )
 
 
-_MIRRORS: dict[str, StudyMirror] = {}
+_MIRRORS: dict[tuple[str, str], StudyMirror] = {}
+#: one lock per file: a study's mirrors (one per method) write to one SQLite file
+_FILE_LOCKS: dict[str, threading.Lock] = {}
 #: set by the driver to this sweep's SWEEP/optuna.db (see SequenceOptunaSearch.study_mirror)
 MIRROR_ENV = "PAH_OPTUNA_DB"
 
 
 def mirror_for(path: str | Path, study_name: str, directions: list[str], metric_names: list[str] | None = None) -> StudyMirror:
-    """This process's mirror of ``path`` (one writer per file, however often the searcher is restored)."""
+    """This process's mirror of study ``study_name`` in ``path`` (one writer per study and file, however often
+    the searcher is restored; the studies of one file take turns)."""
     key = str(Path(path).absolute())
-    if key not in _MIRRORS:
-        _MIRRORS[key] = StudyMirror(path, study_name, directions, metric_names)
-    return _MIRRORS[key]
+    if (key, study_name) not in _MIRRORS:
+        mirror = StudyMirror(path, study_name, directions, metric_names)
+        mirror._lock = _FILE_LOCKS.setdefault(key, threading.Lock())
+        _MIRRORS[key, study_name] = mirror
+    return _MIRRORS[key, study_name]
 
 
 def tune_ids(searcher: OptunaSearch) -> dict[int, str]:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-__all__ = ["SnapshotGuard", "repair", "fill_missing_checkpoints", "pace_tune_snapshots", "BACKUP"]
+__all__ = ["SnapshotGuard", "repair", "fill_missing_checkpoints", "pace_tune_snapshots", "fresh_failures",
+           "fresh_failures_at", "new_trials_where_restored", "BACKUP"]
 
 BACKUP = ".pah-snapshot"
 STATE_GLOBS = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "basic-variant-state-*.json")
@@ -140,6 +141,60 @@ def pace_tune_snapshots(min_period_s: float = 2.0, max_share: float = 0.05, *, f
     return True
 
 
+def new_trials_where_restored() -> bool:
+    """Make a restored experiment's *new* trials live where it was restored from, as its old ones do.
+
+    Ray 2.60's ``TuneController.resume`` points every restored trial at the experiment's current
+    storage path, but the search algorithm's saved state keeps the experiment spec it was first
+    given, storage context (absolute path) included, and every trial it creates after the restore
+    takes that: a sweep moved with ``mv`` failed its new trials ("Unable to set up cluster storage
+    ... storage_fs_path=<old path>"), and a copy would write them into the original. Patched in
+    this driver process; returns False (and changes nothing) on a Ray without this hook.
+    """
+    try:
+        from ray.tune.execution.tune_controller import TuneController as C
+    except ImportError:
+        return False
+    if not hasattr(C, "resume"):
+        return False
+    original = getattr(C, "_pah_resume", C.resume)
+    C._pah_resume = original
+
+    def resume(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        _repoint(getattr(self, "_search_alg", None), self._storage)
+        return out
+
+    C.resume = resume
+    return True
+
+
+def _repoint(search_alg, storage) -> None:
+    """Point the storage contexts in ``search_alg``'s experiment specs at ``storage``'s path, as Ray does
+    for restored trials (a SearchGenerator keeps one experiment, a BasicVariantGenerator one per iterator)."""
+    import copy
+
+    specs = []
+    exp = getattr(search_alg, "_experiment", None)
+    if exp is not None:
+        specs.append(exp.spec)
+    specs += [it.unresolved_spec for it in getattr(search_alg, "_iterators", None) or []
+              if isinstance(getattr(it, "unresolved_spec", None), dict)]
+
+    def moved(old):
+        new = copy.copy(old)
+        new.storage_filesystem = storage.storage_filesystem
+        new.storage_fs_path = storage.storage_fs_path
+        new.experiment_dir_name = storage.experiment_dir_name
+        return new
+
+    for spec in specs:
+        if spec.get("storage") is not None:
+            spec["storage"] = moved(spec["storage"])
+    if exp is not None and getattr(exp, "storage", None) is not None:
+        exp.storage = exp.spec.get("storage") or moved(exp.storage)
+
+
 class SnapshotGuard(Callback):
     def __init__(self, exp_dir: str, every_s: float = 0.5):
         self.exp_dir = exp_dir
@@ -168,3 +223,50 @@ def fill_missing_checkpoints(exp_dir: Path) -> int:
                 (c / "meta.json").write_text('{"tasks_completed": 0}\n')
                 n += 1
     return n
+
+
+def fresh_failures_at(exp: str | Path, trial_ids: set[str]) -> int:
+    """``fresh_failures`` for an experiment on a filesystem or in a bucket (a URI): there, the newest
+    ``experiment_state-*.json`` is fetched, reset and put back in place (the one a restore reads)."""
+    import tempfile
+
+    from pah import storage
+
+    if not storage.is_uri(exp):
+        return fresh_failures(Path(exp), trial_ids)
+    with tempfile.TemporaryDirectory(prefix="pah-failures-") as tmp:
+        local = Path(tmp)
+        storage.download(str(exp), local, keep=lambda rel: "/" not in rel and rel.startswith("experiment_state-"))
+        reset = fresh_failures(local, trial_ids)
+        states = sorted(local.glob("experiment_state-*.json"))
+        if reset and states:
+            storage.upload(states[-1], storage.join(str(exp), states[-1].name))
+        return reset
+
+
+def fresh_failures(exp_dir: Path, trial_ids: set[str]) -> int:
+    """Set the failure count of these trials to 0 in the experiment's newest snapshot (and its good copy),
+    so that a restore retries them with a fresh ``max_failures`` (Ray keeps the count across restores).
+    Returns how many trials it reset; a snapshot it cannot read is left as it is."""
+    from pah.io import atomic_write_bytes
+
+    reset = 0
+    for d in (exp_dir, exp_dir / BACKUP):
+        states = sorted(d.glob("experiment_state-*.json"))
+        if not states or not _valid(states[-1], full=True):
+            continue
+        state = json.loads(states[-1].read_text())
+        changed = 0
+        for entry in state.get("trial_data") or []:
+            try:
+                trial, meta = json.loads(entry[0]), json.loads(entry[1])
+            except (TypeError, ValueError, IndexError):
+                continue
+            if trial.get("trial_id") in trial_ids and meta.get("num_failures"):
+                meta["num_failures"] = 0
+                entry[1] = json.dumps(meta)
+                changed += 1
+        if changed:
+            atomic_write_bytes(states[-1], json.dumps(state).encode())
+        reset = max(reset, changed)
+    return reset

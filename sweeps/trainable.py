@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pah.io import atomic_write_json, read_json
+from sweeps.phases import read_params  # noqa: F401  (re-exported: the driver and tests read params here)
 
 __all__ = ["make_trainable", "trial_dir", "metrics_of_result", "params_of", "read_params", "META"]
 
@@ -39,8 +40,72 @@ def metrics_of_result(metrics: dict[str, Any] | None, val_metrics: dict[str, Any
 
 
 def _log(out: Path, line: str) -> None:
-    with open(out / "log.txt", "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()} {line}\n")
+    text = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()} {line}\n"
+
+    def append() -> None:
+        with open(out / "log.txt", "a") as f:
+            f.write(text)
+
+    from pah.retry import retrying as retry
+
+    retry(append, f"disk of {out}", what="writing log.txt")  # a full disk: waited out (pah/retry.py)
+
+
+#: a trial started again after a failed attempt (an error, or its process killed: a lost node, out of
+#: memory) waits this long first, doubled for each failed attempt in a row (at most 60 s), so that
+#: Tune's ``max_failures`` is not spent within seconds on a fault that passes
+RESTART_BACKOFF_ENV = "PAH_RESTART_BACKOFF_S"
+_TS = "%Y-%m-%dT%H:%M:%S"
+
+
+def failed_attempts(lines: list[str], now: float, window_s: float = 600.0) -> tuple[int, str]:
+    """(how many of the trial's latest attempts failed in a row, within ``window_s`` of ``now``; how the last
+    one ended: its error line, or 'killed'), read from its log.txt ``lines``."""
+    attempts: list[list[Any]] = []  # [start time, how it ended or None]
+    for ln in lines:
+        ts, _, text = (ln.split(" ", 2) + ["", ""])[:3]
+        if text.startswith("start "):
+            try:
+                attempts.append([time.mktime(time.strptime(ts, _TS)), None])
+            except ValueError:
+                continue
+        elif attempts and (text.startswith(("finished", "error ")) or text.startswith("error again")):
+            attempts[-1][1] = text
+    n, how = 0, ""
+    for started, ended in reversed(attempts):
+        if ended == "finished" or now - started > window_s:
+            break
+        n += 1
+        how = how or (ended or "killed: a lost node, out of memory, or a killed driver")
+    return n, how
+
+
+def restart_delay(failed: int) -> float:
+    try:
+        base = max(0.0, float(os.environ.get(RESTART_BACKOFF_ENV, "2")))
+    except ValueError:
+        base = 2.0
+    return min(base * 2 ** max(0, failed - 1), 60.0) if failed else 0.0
+
+
+def _record_error(out: Path, e: BaseException, push: Callable[..., None]) -> None:
+    """error.json (type, message, tasks in the checkpoint; ``storage``: 'unreachable' or 'full' when a storage
+    outage outlasted its retries), a line in log.txt, and an upload: each tried once, as the trial ends anyway."""
+    from pah.retry import gave_up
+
+    info = {"type": type(e).__name__, "message": str(e), "tasks_done": _tasks_in(out / "checkpoint")}
+    if gave_up(e):
+        info["storage"] = gave_up(e)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / ".error.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, out / "error.json")
+        with open(out / "log.txt", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()} error {type(e).__name__}: {e}\n")
+        push(retry=False)
+    except OSError:  # the storage that failed the trial: its files reach the bucket at its next start
+        pass
 
 
 def _tasks_in(ckpt_dir: Path) -> int:
@@ -62,37 +127,79 @@ def _take_ray_checkpoint(out: Path) -> None:
     if ckpt is None:
         return
     local = out / "checkpoint"
-    with ckpt.as_directory() as d:
-        if _tasks_in(Path(d)) > _tasks_in(local):
-            tmp = out / "checkpoint.incoming"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(d, tmp)
-            shutil.rmtree(local, ignore_errors=True)
-            os.replace(tmp, local)
+
+    def take() -> None:
+        with ckpt.as_directory() as d:  # a download, from object storage
+            if _tasks_in(Path(d)) > _tasks_in(local):
+                tmp = out / "checkpoint.incoming"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(d, tmp)
+                shutil.rmtree(local, ignore_errors=True)
+                os.replace(tmp, local)
+
+    retrying(take, f"storage of {ckpt.path}", what="reading the trial's checkpoint")
 
 
-def _trial_dir_of(sweep_dir: str, phase: str, trial_id: str) -> tuple[Path, Callable[[], None]]:
-    """(where the trial trains, what uploads its files). On object storage (sweeps/storage.py) a
+def _report(metrics: dict[str, Any], checkpoint: Any) -> None:
+    """``tune.report``, which uploads the checkpoint; a failed upload leaves Tune's checkpoint index as it
+    was, so that a retry writes the same ``checkpoint_NNNNNN`` rather than leave a gap."""
+    from ray import tune
+    from ray.train._internal.session import get_session
+
+    storage = getattr(get_session(), "storage", None)
+    index = getattr(storage, "current_checkpoint_index", None)
+    try:
+        tune.report(metrics, checkpoint=checkpoint)
+    except OSError:
+        if index is not None:
+            storage.current_checkpoint_index = index
+        raise
+
+
+def _trial_dir_of(sweep_dir: str, phase: str, trial_id: str) -> tuple[Path, Callable[..., None]]:
+    """(where the trial trains, what uploads its files). On object storage (pah/storage.py) a
     trial trains in a scratch dir of its node, seeded with what earlier starts uploaded (log.txt,
     error.json); its task checkpoints reach the bucket through Tune, and its small files after
     every task. On a filesystem it trains in the sweep dir itself and has nothing to upload."""
-    from sweeps import storage
+    from pah import storage
 
     if not storage.is_uri(sweep_dir):
-        return trial_dir(sweep_dir, phase, trial_id), lambda: None
+        return trial_dir(sweep_dir, phase, trial_id), lambda retry=True: None
     out = storage.scratch_dir(sweep_dir, phase, trial_id)
     remote = storage.join(sweep_dir, "trials", phase, trial_id)
     if not out.exists():
-        storage.download(remote, out)
+        storage.download(remote, out, say=_say_to(None))
 
-    def push() -> None:
-        storage.upload(out, remote, files=[f for f in UPLOADED if (out / f).exists()])
+    def push(retry: bool = True) -> None:
+        storage.upload(out, remote, files=[f for f in UPLOADED if (out / f).exists()], retry=retry,
+                       say=_say_to(out))
 
     return out, push
 
 
+def _say_to(out: Path | None) -> Callable[[str], None]:
+    """Where a trial reports a storage outage while it lasts: its worker's stderr and its log.txt."""
+    import sys
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        if out is not None:
+            try:
+                _log(out, line)
+            except OSError:  # the disk that is full, maybe
+                pass
+
+    return say
+
+
+def retrying(fn: Callable[[], Any], name: str, *, what: str = "", out: Path | None = None) -> Any:
+    from pah.retry import retrying as retry
+
+    return retry(fn, name, what=what, say=_say_to(out))
+
+
 def storage_scratch(sweep_dir: str) -> bool:
-    from sweeps.storage import is_uri
+    from pah.storage import is_uri
 
     return is_uri(sweep_dir)
 
@@ -136,31 +243,48 @@ def make_trainable(
             torch.set_num_threads(int(cpus))
 
         out, push = _trial_dir_of(sweep_dir, phase, tune.get_context().get_trial_id())
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "pid").write_text(f"{os.getpid()}\n")
-        atomic_write_json(out / "params.json", {"params": params, "seed": cfg.seed})
-        _take_ray_checkpoint(out)
-        done = _tasks_in(out / "checkpoint")
-        _log(out, f"start tasks_done={done}" + (" (finished already)" if (out / "result.json").exists() else ""))
-        push()
+        err_path = out / "error.json"
+
+        def start() -> int:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "pid").write_text(f"{os.getpid()}\n")
+            atomic_write_json(out / "params.json", {"params": params, "seed": cfg.seed})
+            _take_ray_checkpoint(out)
+            return _tasks_in(out / "checkpoint")
+
+        # A storage outage (an unreachable bucket, a full disk) is waited out with backoff, reported
+        # while it lasts (pah/retry.py), up to PAH_STORAGE_RETRY_S; past that the trial errs, with its error.json.
+        try:
+            done = retrying(start, f"storage of {out}", what="starting the trial")
+            earlier = (out / "log.txt").read_text(errors="replace").splitlines() if (out / "log.txt").exists() else []
+            _log(out, f"start tasks_done={done}" + (" (finished already)" if (out / "result.json").exists() else ""))
+            push()
+        except Exception as e:
+            _record_error(out, e, push)
+            raise
 
         # A non-finite loss is deterministic: a retry from the same checkpoint fails the same way.
-        err_path = out / "error.json"
         if err_path.exists():
             err = read_json(err_path)
             if err.get("type") == "NonFiniteLoss" and err.get("tasks_done") == done:
                 _log(out, "error again (same checkpoint): " + err["message"])
                 raise NonFiniteLoss(err["message"])
+        failed, how = failed_attempts(earlier, time.time())
+        if failed:  # a fault that may pass (a node, memory, storage past its own retries): not again at once
+            wait = restart_delay(failed)
+            _log(out, f"attempt after {failed} failed in a row (the last: {how[:200]}): waiting {wait:.0f} s first")
+            time.sleep(wait)
 
         def on_task_end(r) -> None:
             atomic_write_json(r.checkpoint_dir / META, {"tasks_completed": r.task + 1})
             _log(out, f"trained task {r.task + 1}/{r.num_tasks}")
             push()
             if r.task + 1 < r.num_tasks:  # the last task is reported once result.json exists (below)
-                tune.report(
+                # Tune uploads the checkpoint to the sweep's storage here: retried while it is unreachable
+                retrying(lambda: _report(
                     _metrics(r.metrics, r.val_metrics, r.task + 1, r.num_tasks, r.train_seconds),
                     checkpoint=tune.Checkpoint.from_directory(str(r.checkpoint_dir)),
-                )
+                ), f"storage {sweep_dir}", what=f"saving the checkpoint of task {r.task + 1}", out=out)
 
         def _metrics(m, vm, done: int, total: int, seconds: float) -> dict[str, Any]:
             return {
@@ -180,13 +304,11 @@ def make_trainable(
                 result = run_in_packer(packers, tune.get_context().get_trial_id(), cfg, out, on_task_end)
             else:
                 result = run_trial(cfg, out, device="auto", on_task_end=on_task_end, progress=False)
+            _log(out, "finished")
+            push()  # result.json last: a reader that sees it sees the trial's other files too
         except Exception as e:
-            atomic_write_json(err_path, {"type": type(e).__name__, "message": str(e), "tasks_done": _tasks_in(out / "checkpoint")})
-            _log(out, f"error {type(e).__name__}: {e}")
-            push()
+            _record_error(out, e, push)
             raise
-        _log(out, "finished")
-        push()  # result.json last: a reader that sees it sees the trial's other files too
         if storage_scratch(sweep_dir):
             shutil.rmtree(out, ignore_errors=True)  # all of it is in the bucket now; the node keeps nothing
         # Reported only now: a scheduler may stop the trial at its last report (ASHA at max_t),
@@ -195,7 +317,3 @@ def make_trainable(
         tune.report(_metrics(result["metrics"], result.get("val_metrics"), T, T, result["timing"]["train_seconds"]))
 
     return pah_trial
-
-
-def read_params(out: Path) -> dict[str, Any]:
-    return json.loads((out / "params.json").read_text())

@@ -47,7 +47,8 @@ from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 from pah.io import atomic_write_bytes
 
 __all__ = ["INIT_TIMEOUT_S", "FINISH_TIMEOUT_S", "read_records", "history_rows", "summary_of", "config_of",
-           "is_finished", "run_is_complete", "ReplayingWandbActor", "FeedingWandbCallback", "complete_ended_runs", "wait_for_runs"]
+           "is_finished", "run_is_complete", "history_exists", "warn_lost_history", "ReplayingWandbActor",
+           "FeedingWandbCallback", "complete_ended_runs", "wait_for_runs"]
 
 INIT_TIMEOUT_S = 600.0
 FINISH_TIMEOUT_S = 600.0
@@ -294,6 +295,7 @@ class FeedingWandbCallback(WandbLoggerCallback):
 
         if trial in self._trial_logging_actors:  # a restarted trial keeps its run
             return
+        warn_lost_history(trial, wandb_init_kwargs.get("dir"), wandb_init_kwargs.get("id"))
         if not self._remote_logger_class:
             env_vars = {WANDB_ENV_VAR: os.environ[WANDB_ENV_VAR]} if WANDB_ENV_VAR in os.environ else {}
             self._remote_logger_class = ray.remote(
@@ -304,6 +306,26 @@ class FeedingWandbCallback(WandbLoggerCallback):
                                                  to_config=self.AUTO_CONFIG_KEYS, **wandb_init_kwargs)
         self._trial_logging_actors[trial] = actor
         self._trial_queues[trial] = _Feed(self, trial, actor)
+
+
+def history_exists(root: str | Path, run_id: str) -> bool:
+    """The sweep's wandb/ folder holds something of this run: its journal of rows or an offline run."""
+    wandb_dir = Path(root, "wandb")
+    journal = wandb_dir / "rows" / f"{run_id}.jsonl"
+    return (journal.is_file() and journal.stat().st_size > 0) or any(wandb_dir.glob(f"*-run-*-{run_id}"))
+
+
+def warn_lost_history(trial, root: str | Path | None, run_id: str | None) -> None:
+    """A trial that logged tasks before (a restored one) whose W&B history is gone (wandb/ deleted, its
+    journal or run files removed): a warning naming the run, on the driver's stderr. Its new run logs the
+    tasks again from the trial's checkpoint (``ReplayingWandbActor._rows_from_checkpoint``)."""
+    done = int((getattr(trial, "last_result", None) or {}).get("tasks_completed") or 0)
+    if not done or not root or not run_id or history_exists(root, run_id):
+        return
+    print(f"warning: the W&B history of trial {run_id} is lost ({Path(root, 'wandb')} holds no journal "
+          f"rows/{run_id}.jsonl and no offline run of it, though it trained {done} task(s)): its run "
+          f"{run_id} is rebuilt from the trial's checkpoint, per-task metrics only",
+          file=sys.stderr, flush=True)
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:

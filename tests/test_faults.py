@@ -26,14 +26,20 @@ pytestmark = pytest.mark.slow
 TRAIN = ["train", "split-digits-pah", "--set", "train.epochs_per_task=1", "--device", "cpu", "--no-progress"]
 
 
+# a full disk fails these at once (PAH_STORAGE_RETRY_S=0): the checks below are of the failure itself;
+# waiting a full disk out is tests/test_storage_faults.py's
+_NO_RETRY = {"PAH_STORAGE_RETRY_S": "0"}
+
+
 def _start(out: Path) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **_NO_RETRY}
     return subprocess.Popen([sys.executable, "-m", "pah", *TRAIN, "--out", str(out)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _train(out: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return run_pah(*TRAIN, "--out", str(out), env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, timeout=timeout)
+    return run_pah(*TRAIN, "--out", str(out), env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **_NO_RETRY},
+                   timeout=timeout)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:

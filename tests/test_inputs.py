@@ -128,6 +128,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("set-seed-above-32-bits", [T, "--set", "seed=4294967296"], ["seed", "4294967296"]),
     ("set-epochs-absurd", [T, "--set", "train.epochs_per_task=1000000000"], ["train.epochs_per_task", "1000000000"]),
     ("set-val-fraction", [T, "--set", "data.val_fraction=1.5"], ["data.val_fraction", "1.5"]),
+    ("set-val-fraction-leaves-no-training-image", [T, "--set", "data.val_fraction=0.999"],
+     ["data.val_fraction", "0.999", "without a training image"]),
     ("set-image-size-absurd", [T, "synthetic-pah", "--set", "data.image_size=100000"], ["data.image_size", "100000"]),
     ("set-num-tasks-1e23", [T, "--set", "data.num_tasks=99999999999999999999999"], ["data.num_tasks"]),
     ("set-method-int-1e20", [T, "--set", "method.prototype_size=99999999999999999999"],
@@ -167,6 +169,9 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("sweep-resume-corrupt-state", ["sweep", "--resume", "IN/corrupt-sweep"], ["--resume", "corrupt-sweep", "sweep.json"]),
     ("sweep-storage-is-a-file", ["sweep", "quickstart", "--storage", "IN/afile"], ["--storage", "afile", "is a file"]),
     ("sweep-name-outside-storage", ["sweep", "quickstart", "--name", "../elsewhere"], ["--name", "../elsewhere"]),
+    ("sweep-name-is-a-file", ["sweep", "quickstart", "--storage", "IN", "--name", "afile"], ["--name", "afile", "is a file"]),
+    ("sweep-val-fraction-leaves-no-training-image", ["sweep", "quickstart", "--set", "data.val_fraction=0.999"],
+     ["data.val_fraction", "0.999", "without a training image"]),
     ("sweep-name-dotdot", ["sweep", "quickstart", "--name", ".."], ["--name", "'..'"]),
     ("sweep-bad-address", ["sweep", "quickstart", "--address", "not an address"], ["--address", "not an address"]),
     # ---- pah launch (checks made before SLURM or Ray is asked anything)
@@ -271,3 +276,38 @@ def test_a_batch_larger_than_a_task_is_a_warning_and_the_trial_trains_full_batch
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "A batch larger than a task's training set is a warning" in " ".join(capsys.readouterr().out.split())
+
+
+def test_out_of_memory_on_cpu_is_one_error_line(tmp_path):
+    """A dataset too large for the memory there is (here an 8 GiB address-space limit: a 4096-pixel
+    synthetic CIFAR-100 needs 40 GB for its class templates alone) is exit 1, one error: line."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    r = subprocess.run([sys.executable, "-m", "pah", "train", "synthetic-finetune", "--set", "data.image_size=4096",
+                        "--out", str(tmp_path / "t"), "--device", "cpu", "--no-progress"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300, preexec_fn=limit,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = r.stderr.splitlines()
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: out of memory"), r.stderr[-3000:]
+    assert "train.batch_size" in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.mark.ci_may_skip
+def test_a_read_only_default_storage_is_one_error_line_naming_it(tmp_path):
+    """`pah sweep` without --storage writes under runs/sweeps: a read-only one is named before anything starts."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(runs)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        r = subprocess.run([sys.executable, "-m", "pah", "sweep", "quickstart"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        subprocess.run(["umount", str(runs)], check=True)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert lines[0].startswith("error: --storage runs/sweeps: cannot write in") and str(runs) in lines[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_sweep_e2e import _in_optuna_db
 
 from conftest import run_pah
 
@@ -95,24 +97,66 @@ def ray_head(tmp_path_factory):
         subprocess.run(["rm", "-rf", str(temp_dir)])
 
 
-def test_launch_ray_runs_the_sweep_as_a_ray_job(ray_head, tmp_path):
-    t0 = time.monotonic()
-    r = run_pah("launch", "ray", "quickstart", "--address", ray_head, "--storage", str(tmp_path), "--name", "qs",
-                "--set", "num_samples=2", "--set", "confirm.top_k=1", "--set", "confirm.seeds=[0,1]",
-                "--set", "train.epochs_per_task=1", env={"RAY_AUTH_MODE": "disabled"}, timeout=420)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out
-    assert "state: SUCCEEDED" in r.stdout and f"sweep: {tmp_path / 'qs'}" in r.stdout, out
-    assert "confirmed configs, seed-averaged" in r.stdout  # the driver's logs were streamed back
-    results = [json.loads(p.read_text()) for p in (tmp_path / "qs" / "trials").glob("*/*/result.json")]
-    confirm = list((tmp_path / "qs" / "trials" / "confirm").glob("*/result.json"))
-    assert len(confirm) == 1 and results, out
-    assert all(res["schema"] == 1 and "avg_acc" in res["metrics"] for res in results)
-    job = next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("job: "))
+def _trained(sweep: Path) -> int:
+    return sum(p.read_text().count("trained task") for p in (sweep / "trials" / "search").glob("*/log.txt"))
 
-    st = run_pah("launch", "status", job, "--address", ray_head)
+
+def test_launch_ray_cancelled_mid_search_then_the_printed_command_finishes_the_sweep(ray_head, tmp_path):
+    """`pah launch cancel` (`ray job stop`) mid-search: the driver stops gracefully (its SIGTERM, within
+    the job's stop window), `pah launch ray` exits 1 with one error line naming the command that resumes,
+    and that command finishes the sweep: exactly num_samples search trials, each once in optuna.db, no
+    finished result.json rewritten, the confirm phase and its table streamed back."""
+    t0 = time.monotonic()
+    sweep = tmp_path / "qs"
+    log = tmp_path / "launch.txt"
+    with open(log, "w") as f:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "pah", "launch", "ray", "quickstart", "--address", ray_head, "--storage",
+             str(tmp_path), "--name", "qs", "--set", "num_samples=3", "--set", "confirm.top_k=1",
+             "--set", "confirm.seeds=[0,1]", "--set", "train.epochs_per_task=1",
+             "--set", "scheduler.name=none"],  # no early stop: every search trial ends with its result.json
+            stdout=f, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "WANDB_MODE": "offline", "RAY_AUTH_MODE": "disabled"})
+    try:
+        deadline = time.monotonic() + 300
+        while _trained(sweep) < 1:  # a search trial trained a task: cancel now
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.2)
+        job = next(ln.split()[1] for ln in log.read_text().splitlines() if ln.startswith("job: "))
+        cancel = run_pah("launch", "cancel", job, "--address", ray_head)
+        assert cancel.returncode == 0 and f"cancelled: {job}" in cancel.stdout, cancel.stdout + cancel.stderr
+        rc = first.wait(timeout=180)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    out = log.read_text()
+    errors = [ln for ln in out.splitlines() if ln.startswith("error: Ray job")]
+    assert rc == 1 and len(errors) == 1 and out.rstrip().endswith(errors[0]), out[-4000:]
+    assert f"error: Ray job {job} ended STOPPED" in errors[0], errors[0]
+    assert "interrupted by SIGTERM" in out, out[-4000:]  # the driver's own graceful stop, not Ray's SIGKILL
+    state = json.loads((sweep / "sweep.json").read_text())
+    assert not state["phases"]["search"]["done"], out[-3000:]
+    finished = {p: p.read_bytes() for p in sweep.glob("trials/*/*/result.json")}
+
+    again = shlex.split(errors[0].split("resume with: ", 1)[1])
+    assert again[:3] == ["pah", "launch", "ray"], again
+    r = run_pah(*again[1:], env={"RAY_AUTH_MODE": "disabled"}, timeout=420)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "state: SUCCEEDED" in r.stdout and "confirmed configs, seed-averaged" in r.stdout, out[-4000:]
+    search = list((sweep / "trials" / "search").glob("*/result.json"))
+    assert len(search) == 3, sorted(str(p) for p in search)  # exactly num_samples, none twice
+    assert {p: p.read_bytes() for p in finished} == finished  # nothing finished written again
+    ids = _in_optuna_db(sweep)
+    assert len(ids) == len(set(ids)) and {p.parent.name for p in search} <= set(ids), ids
+    confirm = list((sweep / "trials" / "confirm").glob("*/result.json"))
+    assert len(confirm) == 1, out[-3000:]
+    results = [json.loads(p.read_text()) for p in search + confirm]
+    assert all(res["schema"] == 1 and "avg_acc" in res["metrics"] for res in results)
+    job2 = next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("job: "))
+    st = run_pah("launch", "status", job2, "--address", ray_head)
     assert st.returncode == 0 and "state: SUCCEEDED" in st.stdout, st.stdout + st.stderr
-    print(f"pah launch ray: {time.monotonic() - t0:.0f} s")
+    print(f"pah launch ray, cancelled and resumed: {time.monotonic() - t0:.0f} s")
 
 
 def test_launch_ray_no_wait_and_unreachable_address(ray_head, tmp_path):

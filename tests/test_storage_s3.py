@@ -266,3 +266,33 @@ def test_storage_errors_are_one_line_and_exit_2(tmp_path, s3):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_resume_resets_the_failure_count_of_errored_trials_in_a_bucket_snapshot(s3, monkeypatch):
+    """`--resume` of a bucket sweep retries trials errored by a fault outside them with a fresh
+    max_failures, as on a filesystem: the count in the newest Tune snapshot in the bucket is reset to 0,
+    for those trials only, and the older snapshot is left as it was."""
+    from sweeps.snapshot import fresh_failures_at
+
+    endpoint, fs = s3
+    for k, v in _s3_env(endpoint).items():
+        if k.startswith("AWS_"):
+            monkeypatch.setenv(k, v)
+    exp = f"{BUCKET}/failures/tune/search"
+
+    def snapshot(failures: dict[str, int]) -> bytes:
+        data = [[json.dumps({"trial_id": t}), json.dumps({"num_failures": n})] for t, n in failures.items()]
+        return json.dumps({"trial_data": data, "runner_data": {}, "stats": {"start_time": 1.0}}).encode()
+
+    old, new = snapshot({"a": 3, "b": 3}), snapshot({"a": 3, "b": 3, "c": 1})
+    for name, body in [("experiment_state-2026-12-01_10-00-00.json", old),
+                       ("experiment_state-2026-12-01_11-00-00.json", new)]:
+        with fs.open_output_stream(f"{exp}/{name}") as f:
+            f.write(body)
+
+    assert fresh_failures_at(f"s3://{exp}", {"a", "c"}) == 2
+    got = json.loads(_read(fs, f"{exp}/experiment_state-2026-12-01_11-00-00.json"))
+    counts = {json.loads(t)["trial_id"]: json.loads(m)["num_failures"] for t, m in got["trial_data"]}
+    assert counts == {"a": 0, "b": 3, "c": 0}
+    assert _read(fs, f"{exp}/experiment_state-2026-12-01_10-00-00.json") == old
+    assert fresh_failures_at(f"s3://{exp}", {"a", "c"}) == 0  # nothing left to reset

@@ -135,3 +135,26 @@ def test_confirm_param_space_resolves_to_the_jobs():
     state = {"phases": {"confirm": {"candidates": cands, "search_seed": 0}}}
     configs = [v["config"] for _, v in generate_variants({"config": _param_space(spec, "confirm", state)})]
     assert [(c["candidate"], c["seed"]) for c in configs] == [(0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+
+
+def test_a_phase_counts_a_trial_ended_by_its_own_directory_when_tunes_snapshot_lacks_done(tmp_path):
+    """A trial restored TERMINATED from a snapshot written before its final result (a driver killed
+    just then) has no ``done``: its result.json or stopped.json says it ended; an interrupted one
+    (TERMINATED, no ``done``, neither file) did not. (CI: a relocated sweep's resume failed with
+    '2 of 3 trials ended' though all three had finished.)"""
+    from types import SimpleNamespace
+
+    from sweeps.driver import _ended
+
+    def trial(tid, status, done=False):
+        (tmp_path / tid).mkdir(exist_ok=True)
+        return SimpleNamespace(trial_id=tid, status=status, last_result={"done": True} if done else {"loss": 1.0})
+
+    finished, stopped, cut, err = (trial(t, s) for t, s in
+                                   [("fin", "TERMINATED"), ("stp", "TERMINATED"), ("cut", "TERMINATED"), ("err", "ERROR")])
+    (tmp_path / "fin" / "result.json").write_text("{}")
+    (tmp_path / "stp" / "stopped.json").write_text('{"by": "asha", "tasks_completed": 1, "num_tasks": 5}')
+    (tmp_path / "cut" / "log.txt").write_text("trained task 1\n")
+    assert [_ended(t, tmp_path) for t in (finished, stopped, cut, err)] == [True, True, False, True]
+    assert _ended(trial("live", "RUNNING"), tmp_path) is False
+    assert _ended(trial("cut2", "TERMINATED", done=True), tmp_path) is True

@@ -357,8 +357,12 @@ def test_nonfinite_loss_errors_one_trial_and_the_others_finish(tmp_path):
     )
     run = Sweep([str(spec), "--storage", str(tmp_path), "--name", "nan"], tmp_path, tmp_path / "out.txt")
     rc, out = run.wait(timeout=180)
-    assert rc == 0, out[-4000:]
     sweep = tmp_path / "nan"
+    # a sweep with an errored trial fails, naming the kind of error (its own: a resume repeats it)
+    assert rc == 1, out[-4000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: 1 trial(s) errored (search 1); 1 by an error of their own") and "NonFiniteLoss" in last
+    assert last.endswith(f"resume with: pah sweep --resume {sweep}"), last
     trials = {json.loads((d / "params.json").read_text())["params"]["train.head_lr"]: d
               for d in (sweep / "trials" / "search").glob("*")}
     bad, good = trials[1.0e9], trials[0.002]
@@ -369,7 +373,7 @@ def test_nonfinite_loss_errors_one_trial_and_the_others_finish(tmp_path):
     error_lines = [ln for ln in out.splitlines() if ln.startswith("[search]") and " ERROR " in ln]
     assert error_lines and bad.name in error_lines[0] and "non-finite loss" in error_lines[0], out[-3000:]
     assert "NonFiniteLoss" in error_lines[0]
-    assert "1 errored" in out
+    assert "2 of 2 trials ended, 1 errored" in out
     # the retry did not train the failing task again: a non-finite loss is deterministic
     assert sum("trained task" in ln for ln in _log_lines(bad)) == 0
     assert any("error again" in ln for ln in _log_lines(bad))
@@ -378,5 +382,6 @@ def test_nonfinite_loss_errors_one_trial_and_the_others_finish(tmp_path):
     logs = {d: _log_lines(d) for d in (bad, good)}
     again = Sweep([str(spec), "--storage", str(tmp_path), "--name", "nan"], tmp_path, tmp_path / "out2.txt")
     rc, out = again.wait(timeout=120)
-    assert rc == 0 and out.splitlines()[0] == f"sweep: {sweep}" and "resuming" in out, out
+    assert rc == 1 and out.splitlines()[0] == f"sweep: {sweep}" and "resuming" in out, out
+    assert "retrying" not in out and out.strip().splitlines()[-1].startswith("error: 1 trial(s) errored"), out
     assert {d: _log_lines(d) for d in (bad, good)} == logs

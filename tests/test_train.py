@@ -133,3 +133,32 @@ def test_packed_trials_match_separate_runs(tmp_path):
     other = load_config("split-digits-pah", [*over, "model.backbone=reduced-resnet18"])
     with pytest.raises(UserError, match="differ in architecture"):
         run_packed([cfgs[0], other], [tmp_path / "x", tmp_path / "y"], device="cpu")
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", __import__("pah.methods", fromlist=["METHODS"]).METHODS.names())
+def test_every_method_resumes_to_the_same_matrix_and_weights(tmp_path, method):
+    """A trial stopped after its second task checkpoint and started again ends exactly as the
+    uninterrupted one: matrices and every weight and buffer (replay buffers, Fisher, SI's
+    importance, ...). In-process and tiny; the SIGKILL test above covers a real kill."""
+    from pah.config import load_config
+    from pah.trial import CHECKPOINT, run_trial
+
+    cfg = load_config(f"split-digits-{method}", ["train.epochs_per_task=1", "data.num_tasks=3"])
+    ref = run_trial(cfg, tmp_path / "ref", device="cpu", progress=False)
+
+    def stop_after_two(report):
+        if report.task == 1:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run_trial(cfg, tmp_path / "cut", device="cpu", on_task_end=stop_after_two, progress=False)
+    assert len(torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)["acc_rows"]) == 2
+    resumed = run_trial(cfg, tmp_path / "cut", device="cpu", progress=False)
+    assert resumed["acc_matrix"] == ref["acc_matrix"] and resumed["val_matrix"] == ref["val_matrix"]
+    a, b = (torch.load(tmp_path / d / CHECKPOINT, weights_only=False)["model"] for d in ("ref", "cut"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
