@@ -2,7 +2,8 @@
 # The validity ablation (docs/method.md): PAH at the reference's setting on real
 # Split-Fashion-MNIST (torchvision ResNet-18 from scratch, 2 epochs a task, batch 64,
 # lr 1e-4 / 1e-3, hard prototype loss 0, fp32), the shipped config and the same with one
-# choice switched back at a time; then the other methods that share the distillation.
+# choice switched back at a time; then every other method (the distillation's kin hnet and lwf,
+# the regularisation and replay baselines, finetune and joint as the bounds).
 # A Markdown table of ACC and forgetting per seed goes to stdout.
 #
 #   bash bench/ablation.sh [OUT] [SEEDS] [TRAIN_PER_CLASS]
@@ -37,7 +38,12 @@ variants+=(
   "hnet|hnet (embeddings, no prototypes)|"
   "lwf|lwf (static heads)|"
   "ewc|ewc|"
+  "si|si|"
+  "er|er (reservoir replay)|"
+  "agem|agem|"
+  "derpp|derpp|"
   "finetune|finetune (lower bound)|"
+  "joint|joint (upper bound)|"
 )
 
 run_one() {  # method label overrides seed
@@ -72,7 +78,7 @@ for res in sorted(pathlib.Path(sys.argv[1]).glob("*-s*/result.json")):
 seeds = sorted({s for r in rows.values() for s in r})
 print("| variant | " + " | ".join(f"seed {s} ACC / FM %" for s in seeds) + " | mean ACC % | mean FM % |")
 print("|---|" + "---:|" * (len(seeds) + 2))
-for label, r in sorted(rows.items(), key=lambda kv: (not kv[0].startswith("shipped"), kv[0].startswith(("hnet", "lwf", "ewc", "finetune")), kv[0])):
+for label, r in sorted(rows.items(), key=lambda kv: (not kv[0].startswith("shipped"), kv[0].startswith(("hnet", "lwf", "ewc", "si", "er", "agem", "derpp", "finetune", "joint")), kv[0])):
     cells = [f"{100 * r[s]['avg_acc']:.2f} / {100 * r[s]['forgetting']:.2f}" if s in r else "—" for s in seeds]
     acc = sum(m["avg_acc"] for m in r.values()) / len(r)
     fm = sum(m["forgetting"] for m in r.values()) / len(r)

@@ -30,6 +30,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="resnet18", help="backbone (default: resnet18, torchvision's, unchanged)")
     p.add_argument("--dataset", default="split-cifar100", help="shape of the synthetic data (default: split-cifar100)")
     p.add_argument("--tasks", type=int, help="number of tasks (default: the dataset's)")
+    p.add_argument("--first-task", type=int, default=1, metavar="N",
+                   help="the task (1-based) whose step the last task's is compared with (default: 1; 2 for a method "
+                        "whose first task has nothing to replay, such as agem)")
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (default: 64)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     p.add_argument("--steps", type=int, help="timed steps per task (default: 50 on CUDA, 10 on CPU)")
@@ -114,8 +117,8 @@ def _at_task(cfg, shape, tasks, norm, dev, task: int):
     return step
 
 
-def bench_steps(cfg, dev, steps: int, warmup: int, rounds: int = 5) -> list[dict[str, Any]]:
-    """Median step time at the first and the last task of ``cfg`` on ``dev``.
+def bench_steps(cfg, dev, steps: int, warmup: int, rounds: int = 5, first: int = 0) -> list[dict[str, Any]]:
+    """Median step time at task ``first`` (0-based; default the first) and the last task of ``cfg`` on ``dev``.
 
     The two are timed in alternating rounds, so drift (clocks, other load on the
     machine) hits both alike and their ratio stays meaningful.
@@ -133,7 +136,11 @@ def bench_steps(cfg, dev, steps: int, warmup: int, rounds: int = 5) -> list[dict
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_per_class=per_class, test_per_class=2))
     tasks = build_tasks(bench.load(cfg.data, cfg.seed), shape, cfg.data, cfg.seed, dev)
     norm = normalizer(shape, dev)
-    which = [0, shape.num_tasks - 1]
+    if not 0 <= first < shape.num_tasks - 1:
+        from pah.errors import UserError
+
+        raise UserError(f"--first-task: {first + 1} is out of range (must be 1 to {shape.num_tasks - 1}, the tasks before the last)")
+    which = [first, shape.num_tasks - 1]
     fns = {t: _at_task(cfg, shape, tasks, norm, dev, t) for t in which}
     timed = _timer(dev)
     for t in which:
@@ -210,6 +217,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{key.replace('_', '-')}: {v} is out of range (must be {lo} to {hi})")
     if args.tasks == 1:
         raise UserError("--tasks: needs at least 2 tasks to compare the first and the last")
+    if args.first_task < 1 or (args.tasks is not None and args.first_task >= args.tasks):
+        raise UserError(f"--first-task: {args.first_task} is out of range (must be 1 to the number of tasks - 1)")
     if args.pack and not args.trial_epochs:
         raise UserError("--pack: needs the whole short trial (--trial-epochs >= 1) to compare with")
     if args.json is not None:
@@ -221,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     warmup = args.warmup if args.warmup is not None else (15 if cuda else 3)
     device_name = torch.cuda.get_device_name(dev) if cuda else f"cpu ({torch.get_num_threads()} threads)"
     try:
-        runs = bench_steps(cfg, dev, steps, warmup)
+        runs = bench_steps(cfg, dev, steps, warmup, first=args.first_task - 1)
     except torch.OutOfMemoryError:
         print(f"error: out of memory at batch size {args.batch_size} on {device_name}; try a smaller --batch-size", file=sys.stderr)
         return 1
@@ -283,7 +292,9 @@ def _print_table(device: str, runs: list[dict], trial: dict | None, pack: dict |
         mem = f"{r['peak_memory_mib']:.0f}" if r["peak_memory_mib"] is not None else "-"
         print(f"{r['method']:8} {r['backbone']:16} {r['dataset']:20} {r['batch_size']:>5} {r['task']:>4} {r['old_tasks']:>4} "
               f"{r['median_step_ms']:>9.2f} {r['images_per_second']:>10.0f} {r['gflop_per_step']:>8.2f} {r['achieved_tflops']:>8.3f} {frac:>6} {mem:>8}")
-    print(f"last task / first task step time: {runs[-1]['median_step_ms'] / runs[0]['median_step_ms']:.2f}x")
+    first = "first task" if runs[0]["task"] == 1 else f"task {runs[0]['task']}"
+    print(f"last task / {first} step time: "
+          f"{runs[-1]['median_step_ms'] / runs[0]['median_step_ms']:.2f}x")
     if trial:
         print(f"whole trial ({trial['epochs_per_task']} epoch(s)/task, {trial['train_per_class']} images/class): "
               f"{trial['wall_seconds']:.1f} s wall, {trial['train_seconds']:.1f} s training, {trial['images_per_second']:.0f} img/s")

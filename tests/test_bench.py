@@ -30,7 +30,8 @@ def test_bench_writes_the_contract_json(tmp_path):
 def test_bench_bad_input_exits_2(tmp_path):
     for args, what in ((["--method", "nope"], "unknown method 'nope'"), (["--backbone", "vgg"], "unknown backbone 'vgg'"),
                        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"), (["--batch-size", "0"], "--batch-size"),
-                       (["--pack", "2", "--trial-epochs", "0"], "--pack"), (["--pack", "999"], "--pack")):
+                       (["--pack", "2", "--trial-epochs", "0"], "--pack"), (["--pack", "999"], "--pack"),
+                       (["--tasks", "3", "--first-task", "3"], "--first-task")):
         r = run_pah("bench", *args, "--device", "cpu", "--json", str(tmp_path / "x.json"))
         assert r.returncode == 2 and r.stderr.startswith("error:") and what in r.stderr, r.stderr
         assert not (tmp_path / "x.json").exists()

@@ -1,5 +1,5 @@
-"""Feature extractors. Each builder returns a module mapping N x C x H x W to N x D
-and sets ``out_dim``. torchvision's definitions are used unchanged where they exist
+"""Feature extractors. Each builder takes (input channels, pretrained, image size), returns a
+module mapping N x C x H x W to N x D and sets ``out_dim``. torchvision's definitions are used unchanged where they exist
 (only the classifier is removed, and the first conv adapted for 1-channel input), so
 speed comparisons with other code using them are like for like.
 """
@@ -16,12 +16,12 @@ from pah.registry import Registry
 
 __all__ = ["BACKBONES", "build_backbone"]
 
-Builder = Callable[[int, bool], nn.Module]
+Builder = Callable[[int, bool, int], nn.Module]
 BACKBONES: Registry[Builder] = Registry("backbone")
 
 
-def build_backbone(name: str, in_channels: int, pretrained: bool = False) -> nn.Module:
-    net = BACKBONES.get(name)(in_channels, pretrained)
+def build_backbone(name: str, in_channels: int, pretrained: bool = False, image_size: int = 28) -> nn.Module:
+    net = BACKBONES.get(name)(in_channels, pretrained, image_size)
     assert hasattr(net, "out_dim"), name
     return net
 
@@ -47,7 +47,7 @@ def _load_pretrained(build: Callable[..., nn.Module], weights) -> nn.Module:
 
 
 @BACKBONES.register("small-cnn")
-def small_cnn(in_channels: int, pretrained: bool) -> nn.Module:
+def small_cnn(in_channels: int, pretrained: bool, image_size: int) -> nn.Module:
     """Three conv blocks and global pooling: for 8x8 and 28x28 images, CPU-friendly."""
     if pretrained:
         raise UserError("model.pretrained: no pretrained weights exist for small-cnn")
@@ -57,6 +57,18 @@ def small_cnn(in_channels: int, pretrained: bool) -> nn.Module:
 
     net = nn.Sequential(block(in_channels, 32, 1), block(32, 64, 2), block(64, 128, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     net.out_dim = 128
+    return net
+
+
+@BACKBONES.register("mlp")
+def mlp(in_channels: int, pretrained: bool, image_size: int) -> nn.Module:
+    """van de Ven's Split-MNIST network: the image flattened, then two fully connected layers of
+    400 units with ReLU (the task heads are the third layer), PyTorch's default initialisation."""
+    if pretrained:
+        raise UserError("model.pretrained: no pretrained weights exist for mlp")
+    d = in_channels * image_size * image_size
+    net = nn.Sequential(nn.Flatten(), nn.Linear(d, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU())
+    net.out_dim = 400
     return net
 
 
@@ -99,7 +111,7 @@ class ReducedResNet18(nn.Module):
 
 
 @BACKBONES.register("reduced-resnet18")
-def reduced_resnet18(in_channels: int, pretrained: bool) -> nn.Module:
+def reduced_resnet18(in_channels: int, pretrained: bool, image_size: int) -> nn.Module:
     if pretrained:
         raise UserError("model.pretrained: no pretrained weights exist for reduced-resnet18")
     return ReducedResNet18(in_channels)
@@ -129,18 +141,18 @@ def _torchvision_resnet18(in_channels: int, pretrained: bool, cifar_stem: bool) 
 
 
 @BACKBONES.register("resnet18")
-def resnet18(in_channels: int, pretrained: bool) -> nn.Module:
+def resnet18(in_channels: int, pretrained: bool, image_size: int) -> nn.Module:
     """torchvision's ResNet-18, unchanged but for the removed classifier."""
     return _torchvision_resnet18(in_channels, pretrained, cifar_stem=False)
 
 
 @BACKBONES.register("resnet18-cifar")
-def resnet18_cifar(in_channels: int, pretrained: bool) -> nn.Module:
+def resnet18_cifar(in_channels: int, pretrained: bool, image_size: int) -> nn.Module:
     return _torchvision_resnet18(in_channels, pretrained, cifar_stem=True)
 
 
 @BACKBONES.register("mobilenetv2")
-def mobilenetv2(in_channels: int, pretrained: bool) -> nn.Module:
+def mobilenetv2(in_channels: int, pretrained: bool, image_size: int) -> nn.Module:
     """torchvision's MobileNetV2, unchanged but for the removed classifier."""
     import torchvision
 
