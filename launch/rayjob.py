@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import shlex
 import shutil
 import sys
@@ -27,6 +28,14 @@ __all__ = ["runtime_env", "submit", "follow", "status", "cancel"]
 PACKAGES = ("pah", "sweeps", "launch", "analysis")
 FORWARDED_ENV = ("WANDB_MODE", "WANDB_PROJECT", "PAH_DATA_DIR")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+#: seconds `ray job stop` (and `pah launch cancel`) leaves the driver between its SIGTERM and a SIGKILL.
+#: Ray's default is 3 s, too short for a driver to stop its trials gracefully (their last task checkpoint
+#: kept, every ended trial in optuna.db and W&B) on a busy head; the driver's graceful stop takes
+#: seconds, and a SIGKILL after this costs no more than the task in progress. ``--env
+#: RAY_JOB_STOP_WAIT_TIME_S=N`` sets another.
+STOP_WAIT_S = 60
+# how long --address may take to answer its version check before the launch fails (Ray waits for ever)
+CONNECT_TIMEOUT_S = 15
 
 
 def runtime_env(*, working_dir: Path | None, env: dict[str, str], pip: list[str]) -> dict[str, Any]:
@@ -41,6 +50,7 @@ def runtime_env(*, working_dir: Path | None, env: dict[str, str], pip: list[str]
     env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     env_vars.setdefault("WANDB_MODE", "offline")
     env_vars["RAY_USAGE_STATS_ENABLED"] = "0"
+    env_vars["RAY_JOB_STOP_WAIT_TIME_S"] = str(STOP_WAIT_S)  # read by the job's supervisor on the head
     env_vars.update(env)
     renv: dict[str, Any] = {"py_modules": modules, "env_vars": env_vars,
                             "excludes": ["__pycache__", "*.pyc"]}
@@ -51,11 +61,43 @@ def runtime_env(*, working_dir: Path | None, env: dict[str, str], pip: list[str]
     return renv
 
 
-def _client(address: str):
-    from ray.job_submission import JobSubmissionClient
+def _preflight(address: str, timeout: float | None = None) -> None:
+    """Fail fast, in one line, where Ray's client would not: a server that accepts the connection and
+    never answers (Ray's version check has no timeout: it hangs for ever), or one that answers but is
+    no Ray dashboard. A dashboard that asks for credentials (401/403) is left to Ray's client."""
+    import urllib.error
+    import urllib.request
 
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
+    url = address.rstrip("/") + "/api/version"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body = resp.read(65536)
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            return
+        raise UserError(f"{address} is not a Ray dashboard: GET /api/version answered HTTP {e.code}") from None
+    except TimeoutError:
+        raise UserError(f"cannot reach a Ray cluster at {address}: no answer within {timeout:.0f} s") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):
+            raise UserError(f"cannot reach a Ray cluster at {address}: no answer within {timeout:.0f} s") from None
+        raise UserError(f"cannot reach a Ray cluster at {address}: {reason}") from None
+    try:
+        ok = "ray_version" in json.loads(body)
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise UserError(f"{address} is not a Ray dashboard: GET /api/version gave no Ray version")
+
+
+def _client(address: str):
     if not address.startswith(("http://", "https://")):
         raise UserError(f"--address must be the dashboard URL, like http://HOST:8265, got {address!r}")
+    _preflight(address)
+    from ray.job_submission import JobSubmissionClient
+
     try:
         return JobSubmissionClient(address)
     except Exception as e:  # connection refused, wrong port, not a Ray dashboard

@@ -236,3 +236,72 @@ def test_pending_reasons_in_words():
     assert "down, drained or reserved" in pending_reason("ReqNodeNotAvail, UnavailableNodes:n1")
     assert "QOS limit" in pending_reason("QOSMaxCpuPerUserLimit")
     assert pending_reason("None") == "" and pending_reason("SomethingNew") == "SomethingNew"
+
+
+class _Server:
+    """A local TCP server on 127.0.0.1: ``answer`` is the raw HTTP reply, or None to accept and never answer."""
+
+    def __init__(self, answer: bytes | None):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.address = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.answer, self.held = answer, []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.answer is None:
+                self.held.append(conn)  # open, silent
+                continue
+            conn.recv(65536)
+            conn.sendall(self.answer)
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+def _http(status: str, body: bytes) -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n").encode() + body
+
+
+@pytest.mark.parametrize("answer, words", [
+    (None, ["cannot reach a Ray cluster", "no answer within 2 s"]),  # accepts, never answers: Ray's client hangs
+    (_http("404 Not Found", b"nope"), ["is not a Ray dashboard", "HTTP 404"]),
+    (_http("200 OK", b'{"hello": "world"}'), ["is not a Ray dashboard", "no Ray version"]),
+    (_http("200 OK", b"<html>a web page</html>"), ["is not a Ray dashboard"]),
+])
+def test_an_address_that_is_not_a_ray_dashboard_fails_fast_in_one_line(answer, words, tmp_path, monkeypatch, capsys):
+    """`pah launch ray --address` pointing at something else: exit 2, one error line naming the address and
+    what it answered, within seconds; nothing is written."""
+    import time
+
+    import launch.rayjob
+    from pah.cli import main
+
+    monkeypatch.setattr(launch.rayjob, "CONNECT_TIMEOUT_S", 2)
+    monkeypatch.chdir(tmp_path)
+    server = _Server(answer)
+    try:
+        t0 = time.monotonic()
+        code = main(["launch", "ray", "quickstart", "--address", server.address, "--storage", "~/x"])
+        took = time.monotonic() - t0
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert code == 2, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error:") and server.address in line and all(w in line for w in words), line
+    assert took < 30, took
+    assert not list(tmp_path.iterdir())
