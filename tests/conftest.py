@@ -50,6 +50,7 @@ def check_wandb_runs(sweep: Path, phase: str) -> int:
             result = json.loads((d / "result.json").read_text())
             tasks = len(result["acc_matrix"])
             assert config["config_id"] == result["config_id"]
+            assert config["method"] == result["method"], (f, config.get("method"))  # W&B: group by method
             summary = summary_of(f)
             for m in ("avg_acc", "forgetting", "bwt"):
                 assert summary[m] == pytest.approx(result["metrics"][m]), (f, m)
@@ -57,6 +58,19 @@ def check_wandb_runs(sweep: Path, phase: str) -> int:
             tasks = json.loads((d / "stopped.json").read_text())["tasks_completed"]
         assert [r["tasks_completed"] for r in history_rows(f)] == list(range(1, tasks + 1)), f
     return len(trials)
+
+
+def fashion_mnist_available() -> bool:
+    """Real Fashion-MNIST can be loaded (Debian's dataset-fashion-mnist, which ./setup.sh installs)."""
+    from pah.config import load_config
+    from pah.data import BENCHMARKS
+    from pah.errors import UserError
+
+    try:
+        BENCHMARKS.get("split-fashion-mnist")().load(load_config("split-fashion-mnist-finetune").data, 0)
+    except UserError:
+        return False
+    return True
 
 
 @pytest.fixture
@@ -125,8 +139,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 # collection order as each frees up. The files that take minutes go first, longest first, so
 # that the tail of the run is short tests on both workers; xdist's own order (most tests
 # first) left a file with one 100-s test to the end, run alone while the other worker idled.
-_LONG_FILES = ("test_sweep_e2e.py", "test_launch_slurm.py", "test_storage_s3.py", "test_launch_ray.py",
-               "test_train.py", "test_validity.py", "test_faults.py", "test_sweep_pack.py")
+_LONG_FILES = ("test_validity.py", "test_interrupts.py", "test_cloud_nodes.py", "test_sweep_e2e.py", "test_launch_slurm.py", "test_storage_s3.py", "test_launch_ray.py",
+               "test_train.py", "test_faults.py", "test_sweep_pack.py", "test_study.py",
+               "test_relocate.py", "test_storage_faults.py", "test_owner.py")
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
