@@ -105,7 +105,7 @@ def _slug(text: str, taken: set[str]) -> str:
 def _save(fig: Figure, out: Path, name: str) -> list[Path]:
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     for p in paths:
-        fig.savefig(p, dpi=150, bbox_inches="tight")
+        fig.savefig(p, dpi=150)
     return paths
 
 
@@ -337,7 +337,7 @@ def detail_groups(s: Summary, limit: int, keep: Iterable[str | None] = ()) -> li
 
 def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi)  # constrained layout fits the canvas: "tight" would draw twice
     return buf.getvalue()
 
 

@@ -82,14 +82,15 @@ def standin_run_trial(cfg, out_dir, *, device="auto", on_task_end=None, progress
         atomic_write_json(ckpt / "state.json", state)
         with open(out / "bench.jsonl", "a") as f:
             f.write(json.dumps({"task_end": time.time()}) + "\n")
-        if on_task_end is not None:
-            pad = [r + [None] * (T - len(r)) for r in acc_rows] + [[None] * T] * (T - len(acc_rows))
+        pad = [r + [None] * (T - len(r)) for r in acc_rows] + [[None] * T] * (T - len(acc_rows))
+        if on_task_end is not None:  # the matrix padded to T x T with None, as pah.trial writes it
             on_task_end(TaskReport(task=t, num_tasks=T, acc_matrix=pad, val_matrix=pad,
                                    metrics=metrics.summarize(acc_rows), val_metrics=metrics.summarize(acc_rows),
                                    checkpoint_dir=ckpt, train_seconds=state["train_seconds"]))
+    pad = [r + [None] * (T - len(r)) for r in acc_rows]
     result = {
         "schema": 1, "method": cfg.method.name, "dataset": cfg.data.name, "seed": cfg.seed,
-        "config": cfg.to_dict(), "config_id": config_id(cfg), "acc_matrix": acc_rows, "val_matrix": acc_rows,
+        "config": cfg.to_dict(), "config_id": config_id(cfg), "acc_matrix": pad, "val_matrix": pad,
         "metrics": metrics.summarize(acc_rows), "val_metrics": metrics.summarize(acc_rows),
         "timing": {"train_seconds": round(state["train_seconds"], 3), "images_per_second": 0.0,
                    "eval_seconds": 0.0, "setup_seconds": 0.0},
@@ -393,7 +394,10 @@ def measure_resume(n: int, args, work: Path) -> dict:
 
 
 def measure_analyze(n: int, work: Path) -> dict:
-    """``pah analyze`` over n generated result.json files (n/10 configs x 10 seeds)."""
+    """``pah analyze`` over n generated result.json files (n/10 configs x 10 seeds), each consistent
+    (its metrics those of its matrix, as ``pah analyze`` checks)."""
+    from pah import metrics
+
     root = work / "analyze"
     if not (work / "template.json").exists():
         return {}
@@ -405,6 +409,7 @@ def measure_analyze(n: int, work: Path) -> dict:
         r["config"] = dict(template["config"], seed=i % 10)
         shift = (i // 10) * 1e-4 + (i % 10) * 1e-5
         r["acc_matrix"] = [[a if a is None else min(1.0, a + shift) for a in row] for row in template["acc_matrix"]]
+        r["metrics"] = metrics.summarize([[a for a in row if a is not None] for row in r["acc_matrix"]])
         (d / "result.json").write_text(json.dumps(r))
         (d / "params.json").write_text(json.dumps({"params": {"train.lr": 1e-3 + i // 10 * 1e-6}, "seed": i % 10}))
     times = []
