@@ -10,6 +10,7 @@
 #   bash bench/ablation.sh runs/ablation "0 1" 1500     # the screen in docs/method.md, ~40 min on 2 cores
 #   JOBS=1 ABLATIONS=baselines bash bench/ablation.sh   # only the shipped PAH and the other methods
 #   TABLE_ONLY=1 bash bench/ablation.sh runs/ablation    # the table of what OUT holds, nothing trained
+#   ONLY="finetune joint ewc" ABLATIONS=baselines bash bench/ablation.sh ...   # these methods alone
 # Each trial runs on one core (OMP_NUM_THREADS=1), JOBS (default: the number of cores) at once;
 # finished trials are kept, so a re-run only trains what is missing.
 set -euo pipefail
@@ -60,6 +61,7 @@ run_one() {  # method label overrides seed
 for v in "${variants[@]}"; do
   [ "${TABLE_ONLY:-0}" = 1 ] && break
   IFS='|' read -r method label sets <<<"$v"
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $method "* ]]; then continue; fi
   for seed in $SEEDS; do
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
     run_one "$method" "$label" "$sets" "$seed" &
