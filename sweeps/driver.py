@@ -925,6 +925,13 @@ def _reopen_errored(sweep_dir: Path, spec: Spec, state: dict[str, Any]) -> None:
         exp = storage_mod.join(remote, "tune", phase) if remote else sweep_dir / "tune" / phase
         fresh_failures_at(exp, {d.name for d in retry})
         record["done"] = False
+        confirm = state["phases"]["confirm"]
+        if phase == "search" and "candidates" in confirm:
+            if confirm.get("started"):  # its runs exist: the retried trials cannot change what it confirmed
+                print("[confirm] note: its configs were chosen before these search trials were retried; one that "
+                      "now beats them is in the search's table but not confirmed over seeds", flush=True)
+            else:  # chosen, not yet run: chosen again from the whole search once the retried trials end
+                del confirm["candidates"]
         _save(sweep_dir, state)
         print(f"[{phase}] retrying {len(retry)} errored trial(s) from their last task checkpoint: "
               f"{', '.join(d.name for d in retry)}", flush=True)

@@ -158,3 +158,39 @@ def test_a_phase_counts_a_trial_ended_by_its_own_directory_when_tunes_snapshot_l
     assert [_ended(t, tmp_path) for t in (finished, stopped, cut, err)] == [True, True, False, True]
     assert _ended(trial("live", "RUNNING"), tmp_path) is False
     assert _ended(trial("cut2", "TERMINATED", done=True), tmp_path) is True
+
+
+@pytest.mark.parametrize("confirm_started", [False, True])
+def test_a_search_reopened_for_errored_trials_chooses_its_confirm_configs_again_unless_they_ran(
+        tmp_path, capsys, confirm_started):
+    """A resume retries search trials that a fault outside them errored. Confirm configs chosen from the
+    search without them (a driver stopped before the confirm phase ran) are chosen again once they end;
+    a confirm phase that ran already keeps its configs, and the resume says that a retried trial that
+    now wins is not confirmed."""
+    from sweeps.driver import STATE, _reopen_errored
+
+    spec = spec_from_dict({"base": "split-digits-pah", "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}},
+                           "num_samples": 2, "confirm": {"top_k": 1, "seeds": [0, 1]}}, name="t")
+    err = tmp_path / "trials" / "search" / "t1"
+    err.mkdir(parents=True)
+    (err / "error.json").write_text(json.dumps({"type": "StorageUnavailable", "message": "bucket down",
+                                                "tasks_done": 1}))
+    own = tmp_path / "trials" / "search" / "t2"
+    own.mkdir()
+    (own / "error.json").write_text(json.dumps({"type": "NonFiniteLoss", "message": "nan", "tasks_done": 0}))
+    confirm = {"done": confirm_started, "candidates": [{"config_id": "c0", "dir": None}]}
+    if confirm_started:
+        confirm["started"] = True
+    state = {"spec": spec.to_dict(), "phases": {"search": {"done": True, "started": True}, "confirm": confirm}}
+    (tmp_path / STATE).write_text(json.dumps(state))
+
+    _reopen_errored(tmp_path, spec, state)
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / STATE).read_text())
+    assert "[search] retrying 1 errored trial(s) from their last task checkpoint: t1" in out  # not t2: its own error
+    assert saved["phases"]["search"]["done"] is False
+    if confirm_started:
+        assert saved["phases"]["confirm"]["candidates"] == [{"config_id": "c0", "dir": None}]
+        assert "not confirmed over seeds" in out
+    else:
+        assert "candidates" not in saved["phases"]["confirm"] and "not confirmed" not in out
