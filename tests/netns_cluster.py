@@ -61,6 +61,7 @@ class NetnsCluster:
     workers: dict[str, str] = field(default_factory=dict)  # wK -> its address
     start_s: float = 0.0
     notes: str = ""  # what the script said on stderr (a node started again, ...)
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # what every node's processes get
 
     # ------------------------------------------------------------------ life cycle
     @classmethod
@@ -95,7 +96,7 @@ class NetnsCluster:
             cluster = cls(dir=d, id=cid, head_ip=lines["HEAD_IP"], dashboard=lines["DASHBOARD"],
                           s3_endpoint=lines["S3_ENDPOINT"],
                           workers={ns.split("-", 1)[1]: ip for ns, ip in workers.items()},
-                          start_s=time.monotonic() - t0, notes=r.stderr.strip())
+                          start_s=time.monotonic() - t0, notes=r.stderr.strip(), env=dict(env))
             atexit.register(cluster.stop)  # also when the test process ends without running the finalizer
             return cluster
         raise RuntimeError(f"no free bridge pahbr0..63 for a netns cluster (see {BASE})")
@@ -124,6 +125,16 @@ class NetnsCluster:
         pids = self.pids(node)
         _run("kill", self.dir, node)
         return pids
+
+    def add_worker(self, node: str, timeout: float = 180) -> str:
+        """Start worker ``node`` (``wK``): a node joining the cluster, or a lost one replaced, with the
+        environment the others got; returns its address once its raylet has registered with the GCS."""
+        r = subprocess.run(["bash", str(SCRIPT), "worker", str(self.dir), node], capture_output=True, text=True,
+                           env={**self.env, "PAH_NETNS_ID": str(self.id)}, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"netns-cluster.sh worker {node} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+        self.workers[node] = f"10.77.{self.id}.{int(node[1:]) + 2}"  # the script's addresses: head .2, wK .K+2
+        return self.workers[node]
 
     def sh(self, node: str, command: str) -> subprocess.CompletedProcess:
         """``command`` inside ``node``: its network and its mount namespace (its private /tmp)."""

@@ -6,7 +6,8 @@ namespace on a private bridge with its own /tmp; no node shares a file with anot
 moves between nodes only through the bucket. The sweeps are submitted from this host as a cloud
 user would: ``pah launch ray SPEC --address http://HEAD:8265 --storage s3://...``.
 
-The fault (the worker node lost) comes last: the cluster keeps a dead worker after it.
+The worker node lost comes after the sweep across both workers, and the node joining last: it
+starts with the one worker the loss left, and adds a third.
 """
 
 from __future__ import annotations
@@ -278,3 +279,42 @@ def test_worker_node_lost_mid_trial_nothing_lost(cloud, tmp_path, request):
     assert check_wandb_runs(sweep, "search") == 4
     print(f"worker {lost} lost (trial {victim} at {ckpt_at_kill} tasks checkpointed): the sweep ended "
           f"{after_kill_s:.0f} s later; {time.monotonic() - t0:.0f} s in all")
+
+
+# --------------------------------------------------------------------------- a worker node joining mid-sweep
+
+
+def test_a_worker_node_joining_mid_sweep_gets_trials(cloud, tmp_path, request):
+    """A sweep starts with one worker left (w1, 1 CPU: w2 was lost above, or is killed here), so its
+    trials queue; a new node w3 joins once the first trial trains, as an autoscaler's or a user's new
+    instance does, and the queued trials run there too. Nothing is lost or run twice."""
+    cluster, fs = cloud
+    if cluster.kill("w2"):  # w2 still up (the test above deselected): let Ray see it dead first
+        time.sleep(10)
+    t0 = time.monotonic()
+    name = "join"
+    prefix = f"{BUCKET}/sweeps/{name}"
+    log = tmp_path / "out.txt"
+    proc = _launch(cluster, _tiny_spec(tmp_path / f"{name}.yaml", epochs=2), name, log, request)
+    while not any(rel.startswith("trials/search/") and rel.endswith("/log.txt") for rel in _files(fs, prefix)):
+        if proc.poll() is not None or time.monotonic() - t0 > 180:
+            pytest.fail(f"no trial started:\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+    joined = cluster.add_worker("w3")
+    t_join = time.monotonic() - t0
+
+    out = _wait(proc, log, 300)
+    assert "state: SUCCEEDED" in out, out[-4000:]
+    sweep = _local_copy(fs, prefix, tmp_path / "copy")
+    results = _results(sweep, "search")
+    assert len(results) == 4, out[-4000:]
+    nodes = Counter(r["env"].get("node_ip") for r in results.values())
+    assert set(nodes) <= {cluster.workers["w1"], joined} and nodes[joined] >= 1, nodes
+    for tid in results:  # each trial trained each task once: none ran twice across the nodes
+        lines = _log_lines(sweep / "trials" / "search" / tid)
+        trained = Counter(int(m.group(2)) for ln in lines if (m := TRAINED.search(ln)))
+        assert sorted(trained) == [1, 2, 3, 4, 5] and set(trained.values()) == {1}, (tid, lines)
+    ids = _in_optuna_db(sweep)
+    assert len(ids) == len(set(ids)) and set(results) <= set(ids), ids
+    assert check_wandb_runs(sweep, "search") == 4
+    print(f"w3 joined {t_join:.0f} s into the sweep; trials per node {dict(nodes)}; {time.monotonic() - t0:.0f} s in all")
