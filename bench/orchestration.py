@@ -80,7 +80,8 @@ def one_sweep(trials: int, concurrency: int, wandb: str, root: Path) -> dict:
     if rc != 0:
         raise SystemExit("pah sweep failed:\n" + "\n".join(lines[-30:]))
     results = [json.loads(p.read_text()) for p in (root / f"orch-{wandb}" / "trials" / "search").glob("*/result.json")]
-    own = sum(r["timing"]["setup_seconds"] + r["timing"]["train_seconds"] + r["timing"]["eval_seconds"] for r in results)
+    own = sum(r["timing"]["setup_seconds"] + r["timing"]["train_seconds"] + r["timing"]["eval_seconds"]
+              + r["timing"].get("end_task_seconds", 0.0) for r in results)
     return {
         "wandb": wandb, "trials": len(results), "concurrency": concurrency, "wall_s": round(wall, 2),
         "trials_own_s": round(own, 2),

@@ -258,8 +258,10 @@ def trial_steps(
         timing["train_seconds"] += time.perf_counter() - t0
         timing["images"] += total * bs
 
-        # ---- end task, evaluate every seen task, checkpoint, report
+        # ---- end task (EWC's Fisher, a replay buffer's fill, the frozen copy), evaluate every seen task, ...
+        t1 = time.perf_counter()
         method.end_task(t, tasks[t], norm)
+        timing["end_task_seconds"] = timing.get("end_task_seconds", 0.0) + time.perf_counter() - t1
         per_task = cfg.train.batchnorm == "task"
         if per_task:
             method.keep_bn_stats(t)
@@ -310,6 +312,7 @@ def trial_steps(
             "train_seconds": round(timing["train_seconds"], 3),
             "images_per_second": round(timing["images"] / max(timing["train_seconds"], 1e-9), 1),
             "eval_seconds": round(timing.get("eval_seconds", 0.0), 3),
+            "end_task_seconds": round(timing.get("end_task_seconds", 0.0), 3),
             "setup_seconds": round(setup_seconds, 3),
         },
         "env": _env(dev),
