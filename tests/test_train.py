@@ -162,3 +162,19 @@ def test_every_method_resumes_to_the_same_matrix_and_weights(tmp_path, method):
     a, b = (torch.load(tmp_path / d / CHECKPOINT, weights_only=False)["model"] for d in ("ref", "cut"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_joint_tests_every_seen_task_with_the_statistics_of_the_mixture_it_trained_on(tmp_path):
+    """Joint training's weights after task t fit the mixture of tasks 0..t, so under the default
+    train.batchnorm=task every seen task is tested with that mixture's BatchNorm statistics: the
+    same matrix as batchnorm=adapt. (Before: each task's own statistics from when it ended, which
+    the later weights no longer fit; the matrices differed.)"""
+    sets = ["train.epochs_per_task=2", "data.num_tasks=3", "model.backbone=small-cnn"]
+    matrices = {}
+    for name, extra in [("task", []), ("adapt", ["train.batchnorm=adapt"])]:
+        out = tmp_path / name
+        args = [a for kv in [*sets, *extra] for a in ("--set", kv)]
+        r = run_pah("train", "split-digits-joint", "--device", "cpu", "--no-progress", "--out", str(out), *args)
+        assert r.returncode == 0, r.stderr[-2000:]
+        matrices[name] = json.loads((out / "result.json").read_text())["acc_matrix"]
+    assert matrices["task"] == matrices["adapt"]
