@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     address = os.environ.get("RAY_ADDRESS") or None  # set by the Ray Job supervisor
     storage = os.path.expanduser(args.storage)
-    from pah.errors import Failed, Interrupted, UserError, one_line
+    from pah.errors import Failed, Interrupted, UserError, say
 
     try:
         if args.probe:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_sweep(spec=args.spec, overrides=args.overrides, storage=storage, name=args.name, address=address)
     except (Interrupted, Failed, UserError) as e:  # as `pah sweep` ends: one error: line, its exit code
-        print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
+        say(e)
         return e.exit_code if isinstance(e, Interrupted) else 2 if isinstance(e, UserError) else 1
     return 0
 

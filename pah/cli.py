@@ -16,7 +16,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from pah.errors import Failed, Interrupted, UserError, one_line
+from pah.errors import Failed, Interrupted, UserError, one_line, say
 
 __all__ = ["main", "build_parser"]
 
@@ -57,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except UserError as e:
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        say(e)
         return 2
     except Interrupted as e:  # a signal; the message names the command that resumes
-        print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
+        say(e)
         return e.exit_code
     except Failed as e:  # ended, results kept, part of the work failed: the message says what and what next
-        print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
+        say(e)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -9,7 +9,9 @@ its work failed; exit 1). Their message is the whole ``error:`` line, resume com
 
 from __future__ import annotations
 
-__all__ = ["UserError", "Interrupted", "Failed", "one_line"]
+import sys
+
+__all__ = ["UserError", "Interrupted", "Failed", "one_line", "say"]
 
 
 class UserError(Exception):
@@ -40,3 +42,15 @@ def one_line(message: str, limit: int = 1000) -> str:
     """A message as one line of at most ``limit`` characters (user input can hold newlines or be huge)."""
     text = " ".join(message.split())
     return text if len(text) <= limit else text[: limit - 5] + " ..."
+
+
+def say(e: BaseException) -> None:
+    """Print ``e`` as the run's one ``error:`` line on stderr, once.
+
+    The sweep driver says it before it shuts Ray down (``sweeps.driver``: Ray's shutdown can end the
+    process on the spot); the CLI's own handler then finds it said and prints nothing more.
+    """
+    if getattr(e, "said", False):
+        return
+    print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
+    e.said = True  # type: ignore[attr-defined]

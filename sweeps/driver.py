@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from pah import storage as storage_mod
-from pah.errors import Failed, Interrupted, UserError
+from pah.errors import Failed, Interrupted, UserError, say
 from pah.io import atomic_write_bytes, atomic_write_json, read_json
 from pah.lock import LOCK_FILE
 from pah.storage import is_uri, remote_of
@@ -157,7 +157,7 @@ def _run_sweep(
         _save(sweep_dir, state)
     # SIGINT/SIGTERM: the first stops the phase gracefully, a second at once (sweeps/interrupts.py)
     interrupts = Interrupts(resume_cmd)
-    with _aborts(interrupts), interrupts, _ray(address, spec_obj):
+    with _aborts(interrupts), interrupts, _ray(address, spec_obj), _said_first(interrupts):
         interrupts.install()  # ray.init sets a SIGTERM handler of its own
         if not state["phases"]["search"]["done"]:
             _run_phase(sweep_dir, spec_obj, state, "search", progress, interrupts)
@@ -191,6 +191,28 @@ def _aborts(interrupts: Interrupts) -> Iterator[None]:
     except BaseException:
         if interrupts.aborted:
             raise interrupts.abort_error() from None
+        raise
+
+
+@contextlib.contextmanager
+def _said_first(interrupts: Interrupts) -> Iterator[None]:
+    """The sweep's ``error:`` line said while Ray still runs, before ``_ray`` shuts it down.
+
+    ``ray.shutdown()`` can end this process on the spot: Ray 2.60's core worker exits when the raylet
+    closes their connection during the disconnect it sends ("Exiting because the Raylet IPC connection
+    failed and the local Raylet is dead", seen in a driver's core log under load after a SIGTERM).
+    The line naming the resume command must not be lost with it; the CLI does not say it again.
+    """
+    try:
+        yield
+    except (Interrupted, Failed, UserError) as e:
+        say(e)
+        raise
+    except BaseException:
+        if interrupts.aborted:
+            e = interrupts.abort_error()
+            say(e)
+            raise e from None
         raise
 
 

@@ -65,3 +65,31 @@ def test_out_of_memory_is_one_error_line_and_exit_1(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: out of memory (CUDA out of memory") and "train.batch_size" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_sweeps_error_line_is_said_before_ray_is_shut_down_and_only_once(monkeypatch, capsys):
+    """`ray.shutdown()` can end the driver on the spot (Ray's core worker exits when the raylet closes
+    their connection mid-disconnect), so the driver says its `error:` line inside `_ray`'s block; the
+    CLI's handler then prints nothing more: one line, exit 143 for SIGTERM."""
+    import signal
+
+    from pah import cli
+    from pah.errors import Interrupted
+    from sweeps import cli as sweep_cli
+    from sweeps import driver
+    from sweeps.interrupts import Interrupts
+
+    said_before_teardown = []
+
+    def run(args):
+        interrupts = Interrupts("pah sweep --resume DIR")
+        try:
+            with driver._said_first(interrupts):
+                raise Interrupted("interrupted by SIGTERM (search); resume with: pah sweep --resume DIR", signal.SIGTERM)
+        finally:  # where `_ray` calls ray.shutdown()
+            said_before_teardown.append(capsys.readouterr().err)
+
+    monkeypatch.setattr(sweep_cli, "run", run)
+    assert cli.main(["sweep", "quickstart"]) == 143
+    assert said_before_teardown == ["error: interrupted by SIGTERM (search); resume with: pah sweep --resume DIR\n"]
+    assert capsys.readouterr().err == ""  # not said twice
