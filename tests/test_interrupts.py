@@ -154,8 +154,11 @@ def test_sigint_stops_train_with_130_naming_the_command_that_resumes(tmp_path):
     ckpt = out / "checkpoint" / "state.pt"
     args = ["train", "split-digits-pah", "--set", "train.epochs_per_task=1", "--out", str(out), "--no-progress"]
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    # SIGINT as a terminal's Ctrl-C delivers it, whatever this test runs under: a background job of a
+    # script (`tests/load/under_load.sh ... &`) ignores SIGINT, and so would its children
     proc = subprocess.Popen([sys.executable, "-m", "pah", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.monotonic()
     while not ckpt.exists():
         assert proc.poll() is None and time.monotonic() - t0 < 180, proc.communicate()[1][-3000:]

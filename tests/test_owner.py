@@ -130,7 +130,9 @@ def test_two_drivers_on_one_sweep_the_second_exits_2_before_touching_it(tmp_path
     pytest.importorskip("optuna")
     from test_sweep_e2e import Sweep, _env, _in_optuna_db, _results, _wait_for, _write_spec
 
-    spec = _write_spec(tmp_path / "two.yaml", set={"train.epochs_per_task": 1},
+    # trials of several seconds: at 1 epoch a task the 3 trials (about 1 s each) could all end before the two
+    # other drivers, fresh Pythons, were refused, and the test would prove nothing
+    spec = _write_spec(tmp_path / "two.yaml", set={"train.epochs_per_task": 10},
                        space={"train.lr": {"loguniform": [0.001, 0.005]}}, searcher="optuna-tpe", num_samples=3,
                        scheduler="none", confirm={"top_k": 0})
     args = [str(spec), "--storage", str(tmp_path / "sweeps"), "--name", "same"]

@@ -43,7 +43,9 @@ def _killed_once(tmp_path_factory) -> tuple[Path, Path, set[str]]:
     root = tmp_path_factory.mktemp("relocate")
     spec = _write_spec(
         root / "three.yaml",
-        set={"train.epochs_per_task": 1},
+        # a trial of some seconds: one must be caught half-trained and in Tune's snapshot (taken every 2 s);
+        # at 1 epoch a task a trial took about 1 s and the whole search could end unseen
+        set={"train.epochs_per_task": 6},
         space={"train.lr": {"loguniform": [0.001, 0.005]}},
         searcher="optuna-tpe", num_samples=NUM_SAMPLES, max_concurrent=1, scheduler="none",
         confirm={"top_k": 0}, wandb={"mode": "offline"},
