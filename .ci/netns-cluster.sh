@@ -94,8 +94,7 @@ run_in() {
 node_env() {  # what every node's processes get besides the caller's environment
   export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} RAY_USAGE_STATS_ENABLED=0
   # the cluster's object store is its own S3 server (the credentials are the caller's: any for moto)
-  # (PAH_NETNS_S3_ENDPOINT, given to one `worker` call: that node's endpoint instead, e.g. one it cannot reach)
-  export AWS_ENDPOINT_URL="${PAH_NETNS_S3_ENDPOINT:-http://$(ip_of head):$S3_PORT}" AWS_EC2_METADATA_DISABLED=true
+  export AWS_ENDPOINT_URL="http://$(ip_of head):$S3_PORT" AWS_EC2_METADATA_DISABLED=true
   unset RAY_ADDRESS AWS_ENDPOINT_URL_S3
 }
 

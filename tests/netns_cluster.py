@@ -126,12 +126,11 @@ class NetnsCluster:
         _run("kill", self.dir, node)
         return pids
 
-    def add_worker(self, node: str, timeout: float = 180, env: dict[str, str] | None = None) -> str:
+    def add_worker(self, node: str, timeout: float = 180) -> str:
         """Start worker ``node`` (``wK``): a node joining the cluster, or a lost one replaced, with the
-        environment the others got and ``env`` (e.g. ``PAH_NETNS_S3_ENDPOINT``); returns its address once
-        its raylet has registered with the GCS."""
+        environment the others got; returns its address once its raylet has registered with the GCS."""
         r = subprocess.run(["bash", str(SCRIPT), "worker", str(self.dir), node], capture_output=True, text=True,
-                           env={**self.env, **(env or {}), "PAH_NETNS_ID": str(self.id)}, timeout=timeout)
+                           env={**self.env, "PAH_NETNS_ID": str(self.id)}, timeout=timeout)
         if r.returncode != 0:
             raise RuntimeError(f"netns-cluster.sh worker {node} failed ({r.returncode}):\n{r.stderr[-3000:]}")
         self.workers[node] = f"10.77.{self.id}.{int(node[1:]) + 2}"  # the script's addresses: head .2, wK .K+2
