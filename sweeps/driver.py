@@ -465,9 +465,10 @@ def _actors_ended(timeout: float = 15.0) -> None:
     of the sweep's own 130 or 143 (seen under load, 1 run in 20).
     """
     import ray
-    from ray._private import state
 
     try:
+        from ray._private import state  # Ray's GCS actor table (no public API without the dashboard)
+
         job = ray.get_runtime_context().get_job_id()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
