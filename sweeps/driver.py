@@ -204,15 +204,10 @@ def _said_first(interrupts: Interrupts) -> Iterator[None]:
     The line naming the resume command must not be lost with it; the CLI does not say it again.
     """
     try:
-        yield
+        with _aborts(interrupts):  # a second signal's KeyboardInterrupt is an Interrupted here already
+            yield
     except (Interrupted, Failed, UserError) as e:
         say(e)
-        raise
-    except BaseException:
-        if interrupts.aborted:
-            e = interrupts.abort_error()
-            say(e)
-            raise e from None
         raise
 
 
