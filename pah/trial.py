@@ -142,6 +142,7 @@ def _env(device: torch.device) -> dict[str, Any]:
     ray = sys.modules.get("ray")  # the Ray node, under Ray: containers and network namespaces repeat hostnames
     if ray is not None and ray.is_initialized():
         env["node_ip"] = ray.util.get_node_ip_address()
+        env["node_id"] = ray.get_runtime_context().get_node_id()  # nodes on one host share their IP
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env

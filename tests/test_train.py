@@ -178,3 +178,20 @@ def test_joint_tests_every_seen_task_with_the_statistics_of_the_mixture_it_train
         assert r.returncode == 0, r.stderr[-2000:]
         matrices[name] = json.loads((out / "result.json").read_text())["acc_matrix"]
     assert matrices["task"] == matrices["adapt"]
+
+
+def test_result_env_names_the_ray_node_by_ip_and_by_id(monkeypatch):
+    """Under Ray, result.json's env says which node ran the trial: its IP, and its node id, which
+    tells apart nodes that share an IP (several Ray nodes on one host, as in tests/test_autoscale.py).
+    Outside Ray, neither."""
+    from types import SimpleNamespace
+
+    from pah.trial import _env
+
+    ray = SimpleNamespace(is_initialized=lambda: True, util=SimpleNamespace(get_node_ip_address=lambda: "10.0.0.7"),
+                          get_runtime_context=lambda: SimpleNamespace(get_node_id=lambda: "ab" * 28))
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    env = _env(torch.device("cpu"))
+    assert env["node_ip"] == "10.0.0.7" and env["node_id"] == "ab" * 28
+    monkeypatch.delitem(sys.modules, "ray")
+    assert not {"node_ip", "node_id"} & _env(torch.device("cpu")).keys()
