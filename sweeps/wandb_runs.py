@@ -1,31 +1,43 @@
 """Complete W&B runs for a sweep's trials: every trial's run holds its config, its per-task
 history and its summary when ``pah sweep`` returns, after a resume as after a clean run.
 
-Ray's ``WandbLoggerCallback`` logs each trial from a logging actor (a process of its own) that
-runs ``wandb.init``, logs what the driver queues and calls ``wandb.finish``. Three ways it lost
-data, and what this module does about them:
+One logging process per sweep phase hosts every trial's run (``SharedWandbActor``, a Ray actor
+with no CPU on the driver's node, restarted by Ray if it dies): W&B can hold many runs open in
+one process (``wandb.init(reinit="create_new")``, each run logged and finished through its own
+``Run``), behind one W&B service process (wandb-core). Ray's ``WandbLoggerCallback`` starts a
+logging actor and a ``Queue`` actor per trial, and each actor's ``wandb.init`` a W&B service:
+processes that start and import wandb on the cores the trials need (with one actor per trial,
+the orchestration cost was 2.4 s a trial on 2 cores, bench/RESULTS.md, "One W&B process per
+sweep"). ``FeedingWandbCallback`` keeps Ray's callback and its bookkeeping, and feeds each item,
+with its run's ``RunSpec``, to the one actor.
 
-* ``wandb.finish`` hands the run to W&B's service process, which writes the offline file; it
-  flushes and exits in ``wandb.teardown``, which wandb runs in an atexit hook. Ray kills the
-  actor (and the service with it) as soon as its task returns, so no atexit hook runs: on a
-  loaded machine the file kept its 7-byte header alone although the trial had finished. The
-  actor here calls ``wandb.teardown()`` itself and checks that the file holds its exit record.
-* ``wandb.init`` gives up after 90 s by default; on a loaded machine (Ray's workers used to run
-  at nice 15) that is too short, the actor's task fails and every result queued for it is lost,
-  leaving an offline file that holds its 7-byte header alone. The actor here waits up to
-  ``INIT_TIMEOUT_S`` for W&B to start.
-* A driver killed mid-sweep (a crash, a SLURM requeue) kills the logging actors and W&B's
+Each run (``RunLog``) guarantees, whatever the other runs do (a run that fails is finished as
+failed, named by ``wait_for_runs``, and the others go on):
+
+* Its file is complete when its END answers: ``run.finish`` hands the exit record to W&B's
+  service, which writes and closes the file right after, unasked to answer; the run waits until
+  the file holds the exit record. (Ray used to kill the actor as soon as its task returned, and
+  the service with it: on a loaded machine a file kept its 7-byte header alone.) At the phase's
+  end ``wait_for_runs`` closes the process: runs still open are finished, then the service is
+  torn down (``wandb.teardown``).
+* ``wandb.init`` waits up to ``INIT_TIMEOUT_S`` (W&B's default, 90 s, is too short on a loaded
+  machine: a run that could not start lost every result queued for it).
+* A driver killed mid-sweep (a crash, a SLURM requeue) kills the logging process and W&B's
   writer with it: their offline runs stop mid-history (W&B buffers its records: the file can
   hold its 7-byte header alone), without a summary. A restored trial starts a new run with the
-  same id, which alone would hold only the tasks trained after the restart. So the actor here
-  journals every row it logs to ``SWEEP/wandb/rows/ID.jsonl`` (a flushed line per row, before
-  ``wandb.log``); a new run of that id logs the journal's rows first, then moves the earlier
-  run directories out of the ``offline-run-*`` pattern (to ``replaced-run-*``), so that
-  ``wandb sync SWEEP/wandb/offline-run-*`` uploads one complete run per trial.
+  same id, which alone would hold only the tasks trained after the restart. So every row is
+  journaled to ``SWEEP/wandb/rows/ID.jsonl`` (a flushed line per row, before ``run.log``); a
+  new run of that id logs the journal's rows first, then moves the earlier run directories out
+  of the ``offline-run-*`` pattern (to ``replaced-run-*``), so that
+  ``wandb sync SWEEP/wandb/offline-run-*`` uploads one complete run per trial. The same path
+  serves a logging process that Ray restarted: it starts empty, and the next item of each run
+  it does not know opens that run again from its journal.
 * Its step is ``tasks_completed``, not Tune's ``training_iteration``: a restored trial's
   iteration count restarts from Tune's last snapshot, which may lag behind what was logged.
+  Tasks no report reached (a killed trial process, or items Ray retried out of order on a
+  restarted actor) are rebuilt from the trial's checkpoint when a later task shows the gap.
 
-The sweep waits for the actors to finish writing, up to ``FINISH_TIMEOUT_S``, and names every
+The sweep waits for the runs to finish writing, up to ``FINISH_TIMEOUT_S``, and names every
 run it could not complete (see ``wait_for_runs``).
 
 Offline run files are read with ``read_records``: W&B's own record format (a LevelDB-style log
@@ -38,20 +50,23 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem
 
 from pah.io import atomic_write_bytes
 
-__all__ = ["INIT_TIMEOUT_S", "FINISH_TIMEOUT_S", "read_records", "history_rows", "summary_of", "config_of",
-           "is_finished", "run_is_complete", "history_exists", "warn_lost_history", "ReplayingWandbActor",
-           "FeedingWandbCallback", "complete_ended_runs", "wait_for_runs"]
+__all__ = ["INIT_TIMEOUT_S", "FINISH_TIMEOUT_S", "FILE_TIMEOUT_S", "read_records", "history_rows", "summary_of",
+           "config_of", "is_finished", "run_is_complete", "history_exists", "warn_lost_history", "RunSpec", "RunLog",
+           "SharedWandbActor", "FeedingWandbCallback", "complete_ended_runs", "wait_for_runs"]
 
 INIT_TIMEOUT_S = 600.0
 FINISH_TIMEOUT_S = 600.0
+FILE_TIMEOUT_S = 120.0  # from a run's finish to the exit record in its file (W&B's service writes it)
 
 _HEADER = struct.Struct("<4sHB")  # b":W&B", 0xBEE1, version
 _CHUNK = struct.Struct("<IHB")  # crc32, length, type (1 full, 2 first, 3 middle, 4 last)
@@ -123,121 +138,187 @@ def is_finished(path: str | Path) -> bool:
     return any(r.WhichOneof("record_type") == "exit" for r in read_records(path))
 
 
-class ReplayingWandbActor(_WandbLoggingActor):
-    """Ray's logging actor: a longer ``wandb.init`` wait, earlier runs of its id replayed, and
-    ``tasks_completed`` as the W&B step (a restored trial's ``training_iteration`` restarts from
-    Tune's last snapshot, which may lag behind the tasks its earlier run logged).
+@dataclass(frozen=True)
+class RunSpec:
+    """What one trial's run is opened with. Sent with every item for the run, so that a restarted
+    logging process (Ray's ``max_restarts``) can open a run it has not seen again from its journal."""
 
-    Fed one item at a time (``feed``, called in order on a single-threaded actor) rather than
-    through Ray's ``Queue``, which is an actor of its own: one process per trial instead of two
-    (a Ray worker process costs about a second of CPU to start). ``run`` still drains a queue,
-    for a caller that has one.
+    key: str  # one per opening: a trial whose run is opened again (a restart in the same Tune run) gets a new one
+    logdir: str
+    exclude: tuple[str, ...]
+    to_config: tuple[str, ...]
+    init: dict[str, Any]  # wandb.init's keywords: id, dir, project, group, config, ...
+
+    @property
+    def run_id(self) -> str | None:
+        return self.init.get("id")
+
+    @property
+    def root(self) -> str | None:
+        return self.init.get("dir")
+
+
+def _under(key: str, names: tuple[str, ...]) -> bool:
+    return any(key == n or key.startswith(n + "/") for n in names)
+
+
+class RunLog:
+    """One trial's W&B run inside the shared logging process (``SharedWandbActor``).
+
+    Fed one item at a time (``feed``): the first opens the run (journal replayed, earlier runs of
+    its id renamed), END finishes it and waits until its file holds the exit record. A run that
+    fails is finished as failed (so W&B's service lets it go) and its error is kept: later items
+    are dropped and END raises it, for ``wait_for_runs`` to name the run. Other runs go on.
     """
 
-    _journal = None
-    _last = 0  # steps are tasks_completed: 1, 2, ...
-    _state = "new"  # then "logging", then "finished"
-    _failure: BaseException | None = None
-
-    def run(self):
-        while self._state != "finished":
-            self.feed(self.queue.get())
+    def __init__(self, spec: RunSpec, wandb: Any):
+        self.spec, self._wandb = spec, wandb
+        self.state = "new"  # then "logging", then "finished"
+        self.failure: Exception | None = None
+        self._run: Any = None
+        self._journal = None
+        self._last = 0  # steps are tasks_completed: 1, 2, ...
 
     def feed(self, item: tuple[Any, Any]) -> None:
-        """Handle one ``(_QueueItem, content)``: the first starts the run, END finishes it.
-
-        A run that could not start or log fails every later item with the same error, END
-        included (the callback waits on END's result and names the run).
-        """
-        if self._failure is not None:
-            raise self._failure
-        if self._state == "finished":
+        """Handle one ``(_QueueItem, content)`` as Tune sent it; END's content is the last result or None."""
+        end = item[0].name == "END"
+        if self.failure is not None:
+            self.state = "finished"
+            if end:
+                raise self.failure
             return
-        item_type, item_content = item
+        if self.state == "finished":
+            return
         try:
-            if self._state == "new":
+            if self.state == "new":
                 self._start()
-            if item_type.name == "END":
-                self._finish()
-            elif item_type.name == "CHECKPOINT":
-                self._handle_checkpoint(item_content)
+            if end:
+                if item[1]:  # the trial's last result again: Ray may run a retried item after END
+                    self._result(item[1])
+                self.finish()
+            elif item[0].name == "CHECKPOINT":
+                self._checkpoint(item[1])
             else:
-                self._result(item_content)
-        except BaseException as e:
-            self._failure = e
-            raise
+                self._result(item[1])
+        except Exception as e:  # noqa: BLE001 - this run's failure, not the process's
+            self.failure = e
+            self._give_up()
+            if end:
+                raise
+
+    def finish(self) -> None:
+        """Finish the run; return once its offline file holds the exit record."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        run, self._run = self._run, None
+        self.state = "finished"
+        if run is None:
+            return
+        run_file = Path(run.settings.sync_file)
+        run.finish()
+        # finish() returns once W&B's service has the exit record; the service writes the file when it
+        # closes the run's stream, which finish() asks for without waiting. Wait for it here: the run is
+        # complete on disk when END answers (without it, a file kept its 7-byte header alone).
+        deadline, pause = time.monotonic() + FILE_TIMEOUT_S, 0.02
+        while not is_finished(run_file):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{run_file} has no exit record {FILE_TIMEOUT_S:.0f} s after wandb's finish")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    def _give_up(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        run, self._run = self._run, None
+        self.state = "finished"
+        if run is not None:
+            try:
+                run.finish(exit_code=1)
+            except Exception:  # noqa: BLE001, S110 - the first error is the one reported
+                pass
 
     def _start(self) -> None:
-        import os
-
-        os.environ["WANDB_START_METHOD"] = "thread"
-        settings = dict(self.kwargs.pop("settings", None) or {})
+        init = dict(self.spec.init)
+        settings = dict(init.pop("settings", None) or {})
         settings.setdefault("init_timeout", INIT_TIMEOUT_S)
+        settings.setdefault("console", "off")  # the shared process's output belongs to no trial
+        settings.setdefault("x_disable_stats", True)  # nor its CPU and memory; and each sampler costs
+        init.update(reinit="create_new", settings=settings)  # one process, many runs at once
         rows_path = self._rows_path()
         rows = _read_rows(rows_path) if rows_path else []
         if rows_path:  # whole lines only, before this run appends to it
             atomic_write_bytes(rows_path, "".join(json.dumps(r) + "\n" for r in rows).encode())
         rows.sort(key=lambda r: r["_step"])
         earlier = self._earlier_runs()  # before init creates this run's own directory
-        self._run = self._wandb.init(*self.args, settings=settings, **self.kwargs)
-        self._run.config.trial_log_path = self._logdir
+        self._run = self._wandb.init(**init)
+        self._run.config.update({"trial_log_path": self.spec.logdir}, allow_val_change=True)
         for row in rows:  # what the earlier run(s) of this trial logged, in the order logged
             step = row.pop("_step")
             if step > self._last:
-                self._wandb.log(row, step=step)
+                self._run.log(row, step=step)
                 self._last = step
         for d in earlier:  # out of the offline-run-* pattern: `wandb sync` uploads this run alone
             d.rename(d.with_name("replaced-run-" + d.name.removeprefix("offline-run-")))
-        self._journal = open(rows_path, "a") if rows_path else None  # noqa: SIM115 - closed in _finish
-        self._state = "logging"
+        self._journal = open(rows_path, "a") if rows_path else None  # noqa: SIM115 - closed in finish
+        self.state = "logging"
+
+    def _split(self, result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A Tune result as (row to log, config update): excluded keys dropped, Tune's bookkeeping
+        (``to_config``) to the config, values W&B cannot chart dropped."""
+        from ray.air.integrations.wandb import _is_allowed_type
+        from ray.tune.utils import flatten_dict
+
+        config = {k: v for k, v in (result.get("config") or {}).items() if k != "callbacks"}
+        row = {}
+        for key, value in flatten_dict(result, delimiter="/").items():
+            if _under(key, self.spec.exclude):
+                continue
+            if _under(key, self.spec.to_config):
+                config[key] = value
+            elif _is_allowed_type(value):
+                row[key] = value
+        return row, config
 
     def _result(self, result: dict[str, Any]) -> None:
-        log, config_update = self._handle_result(result)
+        log, config_update = self._split(result)
         step = int(log.get("tasks_completed", log.get("training_iteration", self._last + 1)))
-        self._wandb.config.update(config_update, allow_val_change=True)
+        self._run.config.update(config_update, allow_val_change=True)
         # Tasks no run logged (a report lost with a killed trial process, or a driver killed
         # before its logger caught up; the trial resumes after them): their rows, rebuilt from
         # the accuracy matrices in the trial's checkpoint.
         if step > self._last + 1:
             for row in self._rows_from_checkpoint():
                 if self._last < row["_step"] < step:
-                    self._log(self._journal, row.pop("_step"), row)
+                    self._log(row.pop("_step"), row)
                     self._last = max(self._last, row["tasks_completed"])
         if step > self._last:  # a task trained again after a restart is logged once
-            self._log(self._journal, step, log)
+            self._log(step, log)
             self._last = step
 
-    def _finish(self) -> None:
-        if self._journal is not None:
-            self._journal.close()
-        run_file = Path(self._run.settings.sync_file)
-        self._wandb.finish()
-        # finish() hands the run to W&B's service process (wandb-core), which writes the file;
-        # Ray kills this actor once the callback has its answer, and the service with it, so
-        # wait for the service to write everything and exit. (wandb does this in an atexit hook,
-        # which a killed actor never runs: under load the file kept its 7-byte header alone.)
-        self._wandb.teardown()
-        self._state = "finished"
-        if not is_finished(run_file):
-            raise RuntimeError(f"{run_file} has no exit record after wandb.finish and teardown")
+    def _checkpoint(self, path: str) -> None:
+        artifact = self._wandb.Artifact(name=f"checkpoint_{self.spec.init.get('name', self.spec.run_id)}",
+                                        type="model")
+        artifact.add_dir(path)
+        self._run.log_artifact(artifact)
 
-    def _log(self, journal, step: int, row: dict[str, Any]) -> None:
+    def _log(self, step: int, row: dict[str, Any]) -> None:
         """To the journal first (a flushed line: a kill cannot lose it), then to W&B."""
-        if journal is not None:
-            journal.write(json.dumps({"_step": step, **row}, default=str) + "\n")
-            journal.flush()
-        self._wandb.log(row, step=step)
+        if self._journal is not None:
+            self._journal.write(json.dumps({"_step": step, **row}, default=str) + "\n")
+            self._journal.flush()
+        self._run.log(row, step=step)
 
     def _rows_path(self) -> Path | None:
-        run_id, root = self.kwargs.get("id"), self.kwargs.get("dir")
-        if not run_id or not root:
+        if not self.spec.run_id or not self.spec.root:
             return None
-        path = Path(root, "wandb", "rows", f"{run_id}.jsonl")
+        path = Path(self.spec.root, "wandb", "rows", f"{self.spec.run_id}.jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
     def _rows_from_checkpoint(self) -> list[dict[str, Any]]:
-        run_id, root = self.kwargs.get("id"), self.kwargs.get("dir")
+        run_id, root = self.spec.run_id, self.spec.root
         ckpts = sorted(Path(root).glob(f"trials/*/{run_id}/checkpoint/state.pt")) if run_id and root else []
         if not ckpts:
             return []
@@ -257,38 +338,105 @@ class ReplayingWandbActor(_WandbLoggingActor):
                 for t in range(len(acc))]
 
     def _earlier_runs(self) -> list[Path]:
-        run_id, root = self.kwargs.get("id"), self.kwargs.get("dir")
-        if not run_id or not root:
+        if not self.spec.run_id or not self.spec.root:
             return []
-        return sorted(Path(root, "wandb").glob(f"offline-run-*-{run_id}"))
+        return sorted(Path(self.spec.root, "wandb").glob(f"offline-run-*-{self.spec.run_id}"))
+
+
+class SharedWandbActor:
+    """The one logging process of a sweep phase: every trial's W&B run, open at the same time
+    (``wandb.init(reinit="create_new")``), each a ``RunLog``, with one W&B service behind them all.
+
+    Ray runs it as a single-threaded actor: ``feed`` calls run one at a time in the order the
+    driver made them, so each run gets its items as Tune sent them. Restarted by Ray after a crash,
+    it starts empty; the next item of a run it does not know opens that run again from its
+    ``RunSpec`` and journal, as a restored trial's run is.
+    """
+
+    def __init__(self) -> None:
+        import os
+
+        import wandb
+
+        os.environ["WANDB_START_METHOD"] = "thread"
+        self._wandb = wandb
+        self._runs: dict[str, RunLog] = {}
+
+    def feed(self, spec: RunSpec, item: tuple[Any, Any]) -> None:
+        run = self._runs.get(spec.key)
+        if run is None:
+            for other in self._runs.values():  # W&B's service knows a run by its id: one open run per id
+                if other.spec.run_id == spec.run_id and other.state == "logging":
+                    try:
+                        other.feed((_QueueItem.END, None))
+                    except Exception:  # noqa: BLE001, S110 - kept as its failure; its own END reports it
+                        pass
+            run = self._runs[spec.key] = RunLog(spec, self._wandb)
+        run.feed(item)
+
+    def close(self) -> list[str]:
+        """Finish the runs still open (their END never came), then stop W&B's service, which flushes
+        and closes every file. Returns one line per run that could not be finished."""
+        problems = []
+        for run in self._runs.values():
+            if run.state != "finished":
+                try:
+                    run.feed((_QueueItem.END, None))
+                except Exception as e:  # noqa: BLE001 - reported by the caller
+                    problems.append(f"{run.spec.run_id}: {type(e).__name__}: {e}")
+        try:
+            self._wandb.teardown()
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - wandb exits on a failed service: not this process
+            problems.append(f"W&B's service: {type(e).__name__}: {e}")
+        return problems
 
 
 class _Feed:
-    """Stands in for a trial's Ray ``Queue``: ``put`` feeds the trial's logging actor directly.
+    """Stands in for a trial's Ray ``Queue``: ``put`` hands the item, with the run's spec, to the
+    shared logging actor.
 
     Calls from one caller to a single-threaded actor run in the order made, so the items
-    arrive as Tune sent them. END's answer is what the callback waits on before it stops the
-    actor (``_cleanup_logging_actors``, ``wait_for_runs``).
+    arrive as Tune sent them; but not the calls Ray retries on a restarted actor, which run
+    in any order. So END carries the last result again (a result that comes after it is
+    dropped, its run being finished), and a result that comes after a later one leaves a gap
+    that the run fills from the trial's checkpoint. END's answer is what the callback waits
+    on: the run is then complete on disk.
     """
 
-    def __init__(self, callback: WandbLoggerCallback, trial, actor):
-        self._callback, self._trial, self._actor = callback, trial, actor
+    def __init__(self, callback: FeedingWandbCallback, trial, spec: RunSpec):
+        self._callback, self._trial, self._spec = callback, trial, spec
+        self._ended = False
+        self._last: dict[str, Any] | None = None
 
     def put(self, item: tuple[Any, Any]) -> None:
-        ref = self._actor.feed.remote(item)
-        if item[0].name == "END" and self._trial not in self._callback._trial_logging_futures:  # one END counts
+        if self._ended:
+            return
+        if item[0].name == "RESULT":
+            self._last = item[1]
+        elif item[0].name == "END":
+            item = (item[0], self._last)
+        ref = self._callback._shared.feed.remote(self._spec, item)
+        if item[0].name == "END":
+            self._ended = True
             self._callback._trial_logging_futures[self._trial] = ref
             self._callback._logging_future_to_trial[ref] = self._trial
 
 
 class FeedingWandbCallback(WandbLoggerCallback):
-    """Ray's W&B callback with one process per trial's run: its logging actor is fed directly
-    (``ReplayingWandbActor.feed``), without the extra ``Queue`` actor Ray starts for each trial."""
+    """Ray's W&B callback with one logging process for all the runs of a sweep phase
+    (``SharedWandbActor``), fed directly, without the ``Queue`` actor Ray starts per trial.
 
-    _logger_actor_cls = ReplayingWandbActor
+    Ray's bookkeeping stays: ``_trial_logging_actors`` says which trials have an open run (each maps
+    to the shared actor), ``_trial_logging_futures`` holds each run's END answer. A finished run is
+    forgotten without stopping the actor (``_cleanup_logging_actor``); ``wait_for_runs`` closes it
+    at the phase's end.
+    """
+
+    _shared = None  # the actor, started with the first run
 
     def _start_logging_actor(self, trial, exclude_results: list[str], **wandb_init_kwargs) -> None:
         import os
+        import uuid
 
         import ray
         from ray.air.integrations.wandb import WANDB_ENV_VAR, _force_on_current_node
@@ -296,16 +444,40 @@ class FeedingWandbCallback(WandbLoggerCallback):
         if trial in self._trial_logging_actors:  # a restarted trial keeps its run
             return
         warn_lost_history(trial, wandb_init_kwargs.get("dir"), wandb_init_kwargs.get("id"))
-        if not self._remote_logger_class:
+        if self._shared is None:
             env_vars = {WANDB_ENV_VAR: os.environ[WANDB_ENV_VAR]} if WANDB_ENV_VAR in os.environ else {}
-            self._remote_logger_class = ray.remote(
+            self._shared = ray.remote(
                 num_cpus=0, **_force_on_current_node(), runtime_env={"env_vars": env_vars},
                 max_restarts=-1, max_task_retries=-1,
-            )(self._logger_actor_cls)
-        actor = self._remote_logger_class.remote(logdir=trial.local_path, queue=None, exclude=exclude_results,
-                                                 to_config=self.AUTO_CONFIG_KEYS, **wandb_init_kwargs)
-        self._trial_logging_actors[trial] = actor
-        self._trial_queues[trial] = _Feed(self, trial, actor)
+            )(SharedWandbActor).remote()
+        spec = RunSpec(key=uuid.uuid4().hex, logdir=str(trial.local_path), exclude=tuple(exclude_results),
+                       to_config=tuple(self.AUTO_CONFIG_KEYS), init=dict(wandb_init_kwargs))
+        self._trial_logging_actors[trial] = self._shared
+        self._trial_queues[trial] = _Feed(self, trial, spec)
+
+    def _cleanup_logging_actor(self, trial) -> None:
+        """The trial's run has finished (or is given up on): forget it; the actor goes on with the others."""
+        self._trial_queues.pop(trial, None)
+        self._trial_logging_futures.pop(trial, None)
+        self._trial_logging_actors.pop(trial, None)
+
+    def close_shared_actor(self, timeout_s: float) -> None:
+        """Close the logging process (``SharedWandbActor.close``: open runs finished, W&B's service
+        stopped, every file complete), waiting up to ``timeout_s``, then stop it."""
+        import ray
+
+        actor, self._shared = self._shared, None
+        if actor is None:
+            return
+        ref = actor.close.remote()
+        done, _ = ray.wait([ref], timeout=timeout_s)
+        try:
+            problems = ray.get(ref) if done else [f"W&B's logging process did not close in {timeout_s:.0f} s"]
+        except Exception as e:  # noqa: BLE001 - reported, the sweep's results are elsewhere
+            problems = [f"W&B's logging process: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]
+        for p in problems:
+            print(f"warning: W&B: {p}; the trials' results are in their result.json", file=sys.stderr, flush=True)
+        ray.kill(actor)
 
 
 def history_exists(root: str | Path, run_id: str) -> bool:
@@ -318,7 +490,7 @@ def history_exists(root: str | Path, run_id: str) -> bool:
 def warn_lost_history(trial, root: str | Path | None, run_id: str | None) -> None:
     """A trial that logged tasks before (a restored one) whose W&B history is gone (wandb/ deleted, its
     journal or run files removed): a warning naming the run, on the driver's stderr. Its new run logs the
-    tasks again from the trial's checkpoint (``ReplayingWandbActor._rows_from_checkpoint``)."""
+    tasks again from the trial's checkpoint (``RunLog._rows_from_checkpoint``)."""
     done = int((getattr(trial, "last_result", None) or {}).get("tasks_completed") or 0)
     if not done or not root or not run_id or history_exists(root, run_id):
         return
@@ -351,7 +523,7 @@ def complete_ended_runs(callback, trials, sweep_dir: str | Path) -> None:
 
     A trial that ended before its driver was killed is never started again by a restore, so
     its cut-short run would stay so: it gets a new run here, fed its last result, which replays
-    its journal and rebuilds the rest from its checkpoint (see ``ReplayingWandbActor``).
+    its journal and rebuilds the rest from its checkpoint (see ``RunLog``).
     """
     for trial in trials:
         if (trial.status == "TERMINATED" and trial.last_result and trial not in callback._trial_logging_actors
@@ -361,25 +533,31 @@ def complete_ended_runs(callback, trials, sweep_dir: str | Path) -> None:
 
 
 def wait_for_runs(callback, timeout_s: float = FINISH_TIMEOUT_S) -> None:
-    """Wait (up to ``timeout_s``) for every logging actor of ``callback`` to finish its run.
+    """Wait (up to ``timeout_s``) for every run of ``callback`` to finish, then close its logging process.
 
     A run that failed or did not finish in time is named on stderr, with where the trial's own
-    results are; its actor is then stopped, as Ray's callback does at the experiment's end.
+    results are; the other runs are complete on disk either way. The process is closed last
+    (``FeedingWandbCallback.close_shared_actor``): W&B's service stopped, every file closed.
     """
     import ray
 
+    deadline = time.monotonic() + timeout_s
     futures = dict(callback._logging_future_to_trial)
+    remaining = []
     if futures:
         done, remaining = ray.wait(list(futures), num_returns=len(futures), timeout=timeout_s)
         for f in done:
             try:
                 ray.get(f)
             except Exception as e:  # noqa: BLE001 - reported, the sweep's results are elsewhere
-                print(f"warning: the W&B run of trial {futures[f].trial_id} failed ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''}); its results are in the trial's result.json",
-                      file=sys.stderr, flush=True)
+                cause = getattr(e, "cause", None) or e  # a RayTaskError carries the run's own error
+                print(f"warning: the W&B run of trial {futures[f].trial_id} failed ({type(cause).__name__}: "
+                      f"{str(cause).splitlines()[0] if str(cause) else ''}); its results are in the trial's "
+                      "result.json", file=sys.stderr, flush=True)
         for f in remaining:
             print(f"warning: the W&B run of trial {futures[f].trial_id} did not finish writing in {timeout_s:.0f} s "
                   "and was stopped: its offline run may lack its last rows; its results are in the trial's "
                   "result.json", file=sys.stderr, flush=True)
     callback._cleanup_logging_actors(timeout=0, kill_on_timeout=True)
+    # a run still busy holds the process: a short wait then; else the time left, 30 s at least
+    callback.close_shared_actor(10.0 if remaining else max(30.0, deadline - time.monotonic()))
