@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # .ci/netns-cluster.sh - a real multi-node Ray cluster on one Linux host: one network namespace per
 # node on a private bridge, each node with its own filesystem for scratch and Ray's temp dir, and an
-# S3 server (moto) in the head's namespace. For tests/test_cloud_nodes.py and docs/cloud.md.
+# S3 server (moto) in a namespace of its own, so that the bucket outlives any node, the head included.
+# For tests/test_cloud_nodes.py and docs/cloud.md.
 #
 #   netns-cluster.sh start DIR N_WORKERS   bridge pahbr$ID (10.77.$ID.0/24, the host is .1), namespaces
-#                                          pah$ID-head (.2) and pah$ID-w1.. (.3..), moto on HEAD_IP:9000,
-#                                          a Ray head (GCS, dashboard on HEAD_IP:8265) and one Ray worker
+#                                          pah$ID-head (.2), pah$ID-w1.. (.3..) and pah$ID-s3 (.254) with
+#                                          moto on port 9000, a Ray head (GCS, dashboard on HEAD_IP:8265) and one Ray worker
 #                                          per worker namespace; prints on stdout the lines
 #                                            HEAD_IP=.. RAY_ADDRESS=.. DASHBOARD=http://..:8265
-#                                            S3_ENDPOINT=http://..:9000 WORKERS="pah0-w1=10.77.0.3 ..."
+#                                            S3_ENDPOINT=http://10.77.$ID.254:9000 WORKERS="pah0-w1=10.77.0.3 ..."
 #                                          (eval-able). Logs in DIR/logs/. Fails if pahbr$ID exists.
 #   netns-cluster.sh worker DIR NAME        (re)start worker NAME (w1, w2, ... or a new one) - a node that
-#                                          joins, or a lost node replaced
+#                                          joins, or a lost node replaced. PAH_NETNS_S3_ENDPOINT: that node's
+#                                          endpoint instead of the cluster's (e.g. one it cannot reach)
 #   netns-cluster.sh kill DIR NAME          SIGKILL every process in NAME's namespace (a spot reclaim);
 #                                          the namespace and its address stay
+#   netns-cluster.sh head DIR               a fresh head: the head's namespace deleted with all its
+#                                          processes and files, made anew (same address, as an elastic IP
+#                                          or a DNS name gives), and a new Ray head started there
+#   netns-cluster.sh cut DIR NAME           NAME's link to the bridge down: a partition (its processes run
+#                                          on, their connections hang, nothing reaches them)
+#   netns-cluster.sh heal DIR NAME          that link up again
 #   netns-cluster.sh stop DIR               SIGKILL every process in every namespace of DIR's cluster,
 #                                          delete the namespaces, veths and the bridge (idempotent)
 #   netns-cluster.sh env DIR                print the lines of `start` again
@@ -52,8 +60,8 @@ load() {
   . "$DIR/cluster.env"
 }
 ns_name() { echo "pah$ID-$1"; }          # head, w1, w2, ...
-ip_of() {                                 # head: .2, wK: .(K+2)
-  case "$1" in head) echo "$NET.2" ;; w[0-9]*) echo "$NET.$(( ${1#w} + 2 ))" ;; *) die "unknown node $1" ;; esac
+ip_of() {                                 # head: .2, wK: .(K+2), s3: .254
+  case "$1" in head) echo "$NET.2" ;; s3) echo "$NET.254" ;; w[0-9]*) echo "$NET.$(( ${1#w} + 2 ))" ;; *) die "unknown node $1" ;; esac
 }
 
 print_env() {
@@ -62,7 +70,7 @@ print_env() {
   echo "HEAD_IP=$(ip_of head)"
   echo "RAY_ADDRESS=$(ip_of head):$RAY_PORT"
   echo "DASHBOARD=http://$(ip_of head):$DASH_PORT"
-  echo "S3_ENDPOINT=http://$(ip_of head):$S3_PORT"
+  echo "S3_ENDPOINT=http://$(ip_of s3):$S3_PORT"
   echo "BRIDGE=$BR"
   echo "WORKERS=\"${list% }\""
 }
@@ -93,8 +101,9 @@ run_in() {
 
 node_env() {  # what every node's processes get besides the caller's environment
   export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} RAY_USAGE_STATS_ENABLED=0
-  # the cluster's object store is its own S3 server (the credentials are the caller's: any for moto)
-  export AWS_ENDPOINT_URL="http://$(ip_of head):$S3_PORT" AWS_EC2_METADATA_DISABLED=true
+  # the cluster's object store is its own S3 server (the credentials are the caller's: any for moto);
+  # PAH_NETNS_S3_ENDPOINT, given to one `worker` call: that node's endpoint instead (one it cannot reach)
+  export AWS_ENDPOINT_URL="${PAH_NETNS_S3_ENDPOINT:-http://$(ip_of s3):$S3_PORT}" AWS_EC2_METADATA_DISABLED=true
   unset RAY_ADDRESS AWS_ENDPOINT_URL_S3
 }
 
@@ -120,8 +129,12 @@ start_head() {
   local hip; hip=$(ip_of head)
   start_node head --head --port "$RAY_PORT" --include-dashboard=true --dashboard-host "$hip" \
     --dashboard-port "$DASH_PORT" --num-cpus "$HEAD_CPUS"
+}
+
+start_s3() {  # moto, in memory: the bucket lives as long as this namespace's process
+  local sip; sip=$(ip_of s3)
   # detached from our stdout: whoever reads this script's output (eval "$(...)") must not wait for moto
-  ( run_in head "$DIR/logs/moto.log" "$BIN/python" -m moto.server -H "$hip" -p "$S3_PORT" ) \
+  ( run_in s3 "$DIR/logs/moto.log" "$BIN/python" -m moto.server -H "$sip" -p "$S3_PORT" ) \
     >/dev/null 2>&1 </dev/null &
 }
 
@@ -181,10 +194,12 @@ EOF
   ip addr add "$NET.1/24" dev "$BR"
   ip link set "$BR" up
   node_env
+  add_ns s3
   add_ns head
   for k in $(seq "$N"); do add_ns "w$k"; done
+  start_s3
   start_head
-  wait_port "$(ip_of head)" "$S3_PORT" "the S3 server (moto)"
+  wait_port "$(ip_of s3)" "$S3_PORT" "the S3 server (moto)"
   pids=()
   for k in $(seq "$N"); do start_worker "w$k" & pids+=($!); done
   for p in "${pids[@]}"; do wait "$p"; done
@@ -201,6 +216,26 @@ worker)
   if ip netns list | grep -qw "$(ns_name "$NAME")"; then kill_ns "$NAME"; else add_ns "$NAME"; fi
   start_worker "$NAME"
   log "worker $NAME up at $(ip_of "$NAME")"
+  ;;
+head)
+  load || die "no cluster in $DIR"
+  node_env
+  if ip netns list | grep -qw "$(ns_name head)"; then
+    kill_ns head
+    ip netns del "$(ns_name head)"
+  fi
+  ip link del "v${ID}head" 2>/dev/null || true
+  rm -rf "$DIR/nodes/head"
+  add_ns head
+  start_head
+  wait_port "$(ip_of head)" "$DASH_PORT" "the Ray dashboard"
+  log "a fresh head up at $(ip_of head)"
+  ;;
+cut|heal)
+  NAME=${3:?$CMD DIR NAME}
+  load || die "no cluster in $DIR"
+  ip link set "v$ID$NAME" "$([ "$CMD" = cut ] && echo down || echo up)"
+  log "$CMD: the link of $(ns_name "$NAME") is $([ "$CMD" = cut ] && echo down || echo up)"
   ;;
 kill)
   NAME=${3:?kill DIR NAME}
@@ -228,5 +263,5 @@ stop)
   rm -rf "$DIR/nodes"
   log "stopped (bridge $BR and its namespaces are gone)"
   ;;
-*) die "unknown command $CMD (start, worker, kill, stop, env)" ;;
+*) die "unknown command $CMD (start, worker, kill, head, cut, heal, stop, env)" ;;
 esac

@@ -199,12 +199,18 @@ def _run_ray(args: argparse.Namespace) -> int:
         return 0
     state = rayjob.follow(args.address, job_id)
     print(f"state: {state}", flush=True)
-    if state != "SUCCEEDED":  # stopped, failed, interrupted: the sweep resumes where it is
+    if state != "SUCCEEDED":  # stopped, failed, interrupted, lost: the sweep resumes where it is
         from pah.errors import Failed
 
         again = shlex.join(["pah", "launch", "ray", *([args.spec] if args.spec else []),
                             *(x for o in args.overrides for x in ("--set", o)), "--address", args.address,
                             "--storage", args.storage, "--name", name])
+        if state == "LOST":
+            raise Failed(f"lost the Ray cluster at {args.address} while job {job_id} ran: no answer for "
+                         f"{rayjob.LOST_CLUSTER_S:.0f} s (its head node gone, or cut off from here); the sweep "
+                         f"lives on in {args.storage.rstrip('/')}/{name} if that storage outlived the head (a "
+                         f"bucket, a shared filesystem): resume on a new or restored cluster with: {again}  "
+                         "(--address: the new head's dashboard)")
         raise Failed(f"Ray job {job_id} ended {state} (its log above says why); resume with: {again}")
     return 0
 

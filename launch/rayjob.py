@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -36,6 +37,9 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 STOP_WAIT_S = 60
 # how long --address may take to answer its version check before the launch fails (Ray waits for ever)
 CONNECT_TIMEOUT_S = 15
+#: seconds a followed job's cluster may not answer before `pah launch ray` reports it lost (the job's
+#: sweep is in its --storage: a new cluster resumes it); PAH_LOST_CLUSTER_S sets another
+LOST_CLUSTER_S = float(os.environ.get("PAH_LOST_CLUSTER_S", 60))
 
 
 def runtime_env(*, working_dir: Path | None, env: dict[str, str], pip: list[str]) -> dict[str, Any]:
@@ -131,8 +135,11 @@ def submit(*, address: str, spec: str | None, overrides: list[str], storage: str
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def follow(address: str, job_id: str) -> str:
-    """Stream the job's logs until it ends; returns its final status."""
+def follow(address: str, job_id: str, lost_after: float | None = None) -> str:
+    """Stream the job's logs until it ends; returns its final status, or ``LOST``: the cluster did not
+    answer for ``lost_after`` seconds (``LOST_CLUSTER_S``) once the log stream broke (its head node
+    gone, or cut off from here). Shorter outages of the dashboard are waited out."""
+    lost_after = LOST_CLUSTER_S if lost_after is None else lost_after
     client = _client(address)
 
     async def tail() -> None:
@@ -140,14 +147,25 @@ def follow(address: str, job_id: str) -> str:
             sys.stdout.write(chunk)
             sys.stdout.flush()
 
-    asyncio.run(tail())
+    try:
+        asyncio.run(tail())
+    except Exception:  # noqa: BLE001 - the stream broke (the head went away?): the status says more
+        pass
     # the log stream closes as the job ends; its status follows a moment later
     deadline = time.monotonic() + 60
-    state = str(client.get_job_status(job_id))
-    while state.split(".")[-1] not in TERMINAL and time.monotonic() < deadline:
+    silent_since = None
+    while True:
+        try:
+            state = str(client.get_job_status(job_id)).split(".")[-1]
+            silent_since = None
+        except Exception:  # noqa: BLE001 - connection refused, reset, timed out: the cluster is not answering
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since >= lost_after:
+                return "LOST"
+            state = ""
+        if state in TERMINAL or (state and time.monotonic() >= deadline):
+            return state
         time.sleep(1)
-        state = str(client.get_job_status(job_id))
-    return state.split(".")[-1]
 
 
 def _ask(address: str, job_id: str, call: str):

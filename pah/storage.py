@@ -178,16 +178,41 @@ def _download(uri: str, local: Path, skip_dirs: Iterable[str], keep: Callable[[s
 
 
 def upload(local: Path, uri: str, files: Iterable[str] | None = None, *, retry: bool = True,
-           say: Callable[[str], None] | None = None) -> int:
+           say: Callable[[str], None] | None = None, before: Callable[[], None] | None = None) -> int:
     """Copy ``local`` (a file, or the files under a dir, or just ``files`` relative to it) to ``uri``,
     in the order given (so a file listed last lands last); returns how many. ``retry``: a storage that
-    cannot be reached is tried again with backoff, reported by ``say`` (stderr), see pah/retry.py."""
-    if not retry:
+    cannot be reached is tried again with backoff, reported by ``say`` (stderr), see pah/retry.py.
+    ``before``: called before each try (a check that may raise, e.g. that this writer still owns ``uri``)."""
+    files = None if files is None else list(files)
+
+    def once() -> int:
+        if before is not None:
+            before()
         return _upload(local, uri, files)
+
+    if not retry:
+        return once()
     from pah.retry import retrying
 
-    files = None if files is None else list(files)
-    return retrying(lambda: _upload(local, uri, files), f"storage {uri}", what="uploading", say=say)
+    return retrying(once, f"storage {uri}", what="uploading", say=say)
+
+
+def read_bytes(uri: str) -> bytes | None:
+    """The object at ``uri``, or None where there is none; tried once (errors are the caller's to retry)."""
+    import pyarrow.fs as pafs
+
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """``data`` as the object at ``uri``; tried once."""
+    fs, path = resolve(uri)
+    with fs.open_output_stream(path) as out:
+        out.write(data)
 
 
 def _upload(local: Path, uri: str, files: Iterable[str] | None) -> int:

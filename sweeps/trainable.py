@@ -93,6 +93,9 @@ def _record_error(out: Path, e: BaseException, push: Callable[..., None]) -> Non
     outage outlasted its retries), a line in log.txt, and an upload: each tried once, as the trial ends anyway."""
     from pah.retry import gave_up
 
+    if isinstance(e, Superseded):  # the trial is another attempt's now: its files are not this one's to write
+        print(f"note: {e}", flush=True)
+        return
     info = {"type": type(e).__name__, "message": str(e), "tasks_done": _tasks_in(out / "checkpoint")}
     if gave_up(e):
         info["storage"] = gave_up(e)
@@ -156,25 +159,63 @@ def _report(metrics: dict[str, Any], checkpoint: Any) -> None:
         raise
 
 
-def _trial_dir_of(sweep_dir: str, phase: str, trial_id: str) -> tuple[Path, Callable[..., None]]:
-    """(where the trial trains, what uploads its files). On object storage (pah/storage.py) a
-    trial trains in a scratch dir of its node, seeded with what earlier starts uploaded (log.txt,
-    error.json); its task checkpoints reach the bucket through Tune, and its small files after
-    every task. On a filesystem it trains in the sweep dir itself and has nothing to upload."""
-    from pah import storage
+class Superseded(RuntimeError):
+    """This attempt of a trial was taken over by a later one: it must not write the trial's files again."""
 
-    if not storage.is_uri(sweep_dir):
-        return trial_dir(sweep_dir, phase, trial_id), lambda retry=True: None
-    out = storage.scratch_dir(sweep_dir, phase, trial_id)
-    remote = storage.join(sweep_dir, "trials", phase, trial_id)
-    if not out.exists():
-        storage.download(remote, out, say=_say_to(None))
 
-    def push(retry: bool = True) -> None:
-        storage.upload(out, remote, files=[f for f in UPLOADED if (out / f).exists()], retry=retry,
-                       say=_say_to(out))
+class _TrialFiles:
+    """Where a trial trains, and how its files reach the sweep.
 
-    return out, push
+    On a filesystem the trial trains in the sweep dir itself and has nothing to upload. On object
+    storage (pah/storage.py) it trains in a scratch dir of its node, seeded with what earlier starts
+    uploaded (log.txt, error.json); its task checkpoints reach the bucket through Tune, and its small
+    files after every task (``push``).
+
+    **One writer per trial.** A node cut off from the cluster for longer than Ray's node-death timeout
+    is declared dead, and its trials start again elsewhere, while its own processes run on: when the
+    link comes back, a partitioned attempt would upload its older log.txt and checkpoint over its
+    continuation's (seen: a finished trial's log.txt cut back to 3 of its 5 tasks). So each attempt
+    writes its own name to ``trials/PHASE/ID/attempt`` as it starts (``claim``), and reads it back
+    before each upload and each report (``fence``): an attempt that finds another name there raises
+    ``Superseded`` and writes nothing more. The check and the upload are two requests, not one atomic
+    step (object stores offer no compare-and-swap through pyarrow): an upload the old attempt began in
+    the moment before the new one claimed the trial still lands, and the new attempt's own upload,
+    after its first task, replaces it.
+    """
+
+    def __init__(self, sweep_dir: str, phase: str, trial_id: str) -> None:
+        import socket
+        import uuid
+
+        from pah import storage
+
+        self._storage = storage
+        self.remote = storage.join(sweep_dir, "trials", phase, trial_id) if storage.is_uri(sweep_dir) else None
+        self.name = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:12]}"
+        if self.remote is None:
+            self.out = trial_dir(sweep_dir, phase, trial_id)
+            return
+        self.out = storage.scratch_dir(sweep_dir, phase, trial_id)
+        if not self.out.exists():
+            storage.download(self.remote, self.out, say=_say_to(None))
+
+    def claim(self) -> None:
+        if self.remote is not None:
+            self._storage.write_bytes(self._storage.join(self.remote, ATTEMPT), self.name.encode())
+
+    def fence(self) -> None:
+        if self.remote is None:
+            return
+        held = self._storage.read_bytes(self._storage.join(self.remote, ATTEMPT))
+        if held is not None and held.decode(errors="replace") != self.name:
+            raise Superseded(f"trial files {self.remote} were taken over by a later attempt "
+                             f"({held.decode(errors='replace')}); this one ({self.name}) stops writing")
+
+    def push(self, retry: bool = True) -> None:
+        if self.remote is None:
+            return
+        self._storage.upload(self.out, self.remote, files=[f for f in UPLOADED if (self.out / f).exists()],
+                             retry=retry, say=_say_to(self.out), before=self.fence)
 
 
 def _say_to(out: Path | None) -> Callable[[str], None]:
@@ -206,6 +247,8 @@ def storage_scratch(sweep_dir: str) -> bool:
 
 #: a trial's files that go to object storage, in this order (result.json last)
 UPLOADED = ("params.json", "log.txt", "error.json", "result.json")
+#: the name of the attempt that owns a trial's files on object storage (``_TrialFiles``)
+ATTEMPT = "attempt"
 
 
 def params_of(config: dict[str, Any], candidates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -242,10 +285,12 @@ def make_trainable(
         if cpus >= 1:
             torch.set_num_threads(int(cpus))
 
-        out, push = _trial_dir_of(sweep_dir, phase, tune.get_context().get_trial_id())
+        files = _TrialFiles(sweep_dir, phase, tune.get_context().get_trial_id())
+        out, push = files.out, files.push
         err_path = out / "error.json"
 
         def start() -> int:
+            files.claim()  # from here on, an earlier attempt still running somewhere writes nothing more
             out.mkdir(parents=True, exist_ok=True)
             (out / "pid").write_text(f"{os.getpid()}\n")
             atomic_write_json(out / "params.json", {"params": params, "seed": cfg.seed})
@@ -281,10 +326,12 @@ def make_trainable(
             push()
             if r.task + 1 < r.num_tasks:  # the last task is reported once result.json exists (below)
                 # Tune uploads the checkpoint to the sweep's storage here: retried while it is unreachable
-                retrying(lambda: _report(
-                    _metrics(r.metrics, r.val_metrics, r.task + 1, r.num_tasks, r.train_seconds),
-                    checkpoint=tune.Checkpoint.from_directory(str(r.checkpoint_dir)),
-                ), f"storage {sweep_dir}", what=f"saving the checkpoint of task {r.task + 1}", out=out)
+                def report() -> None:
+                    files.fence()  # Tune uploads the checkpoint: not over a later attempt's
+                    _report(_metrics(r.metrics, r.val_metrics, r.task + 1, r.num_tasks, r.train_seconds),
+                            checkpoint=tune.Checkpoint.from_directory(str(r.checkpoint_dir)))
+
+                retrying(report, f"storage {sweep_dir}", what=f"saving the checkpoint of task {r.task + 1}", out=out)
 
         def _metrics(m, vm, done: int, total: int, seconds: float) -> dict[str, Any]:
             return {

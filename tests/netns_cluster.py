@@ -1,7 +1,7 @@
 """A multi-node Ray cluster on this host, for tests: one network namespace per node (.ci/netns-cluster.sh).
 
-``NetnsCluster.start(n_workers, env=...)`` brings up a head (GCS, dashboard, the S3 server) and
-``n_workers`` Ray workers, each in its own network and mount namespace with a private /tmp;
+``NetnsCluster.start(n_workers, env=...)`` brings up an S3 server (a node of its own), a head (GCS,
+dashboard) and ``n_workers`` Ray workers, each in its own network and mount namespace with a private /tmp;
 ``stop()`` removes all of it and is safe to call twice. A cluster whose test process died
 without stopping it (SIGKILL) is removed by the next ``start``. See docs/cloud.md.
 """
@@ -104,7 +104,7 @@ class NetnsCluster:
     @staticmethod
     def address_of(cid: int) -> tuple[str, str]:
         """(head address, S3 endpoint) the cluster on bridge pahbr``cid`` will have (to put in its nodes' env)."""
-        return f"10.77.{cid}.2", f"http://10.77.{cid}.2:9000"
+        return f"10.77.{cid}.2", f"http://10.77.{cid}.254:9000"
 
     def stop(self) -> None:
         """SIGKILL every process of every node, delete the namespaces, veths and bridge (idempotent)."""
@@ -126,15 +126,33 @@ class NetnsCluster:
         _run("kill", self.dir, node)
         return pids
 
-    def add_worker(self, node: str, timeout: float = 180) -> str:
+    def add_worker(self, node: str, timeout: float = 180, env: dict[str, str] | None = None) -> str:
         """Start worker ``node`` (``wK``): a node joining the cluster, or a lost one replaced, with the
-        environment the others got; returns its address once its raylet has registered with the GCS."""
-        r = subprocess.run(["bash", str(SCRIPT), "worker", str(self.dir), node], capture_output=True, text=True,
-                           env={**self.env, "PAH_NETNS_ID": str(self.id)}, timeout=timeout)
-        if r.returncode != 0:
-            raise RuntimeError(f"netns-cluster.sh worker {node} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+        environment the others got and ``env`` (e.g. ``PAH_NETNS_S3_ENDPOINT``); returns its address once
+        its raylet has registered with the GCS."""
+        self._script("worker", node, timeout=timeout, env=env)
         self.workers[node] = f"10.77.{self.id}.{int(node[1:]) + 2}"  # the script's addresses: head .2, wK .K+2
         return self.workers[node]
+
+    def fresh_head(self, timeout: float = 180) -> None:
+        """The head's namespace deleted with every process and file in it, made anew at the same address,
+        and a new Ray head (GCS, dashboard) started there: a lost head replaced. The S3 server, a node of
+        its own, keeps the bucket; the workers are the caller's (kill them and ``add_worker`` them again:
+        a worker of the old head does not join a new one)."""
+        self._script("head", timeout=timeout)
+
+    def cut(self, node: str) -> None:
+        """``node``'s link to the bridge down: a partition; its processes run on, unreachable."""
+        self._script("cut", node)
+
+    def heal(self, node: str) -> None:
+        self._script("heal", node)
+
+    def _script(self, cmd: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> None:
+        r = subprocess.run(["bash", str(SCRIPT), cmd, str(self.dir), *args], capture_output=True, text=True,
+                           env={**self.env, **(env or {}), "PAH_NETNS_ID": str(self.id)}, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"netns-cluster.sh {cmd} {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
 
     def sh(self, node: str, command: str) -> subprocess.CompletedProcess:
         """``command`` inside ``node``: its network and its mount namespace (its private /tmp)."""

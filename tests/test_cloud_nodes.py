@@ -6,8 +6,9 @@ namespace on a private bridge with its own /tmp; no node shares a file with anot
 moves between nodes only through the bucket. The sweeps are submitted from this host as a cloud
 user would: ``pah launch ray SPEC --address http://HEAD:8265 --storage s3://...``.
 
-The worker node lost comes after the sweep across both workers, and the node joining last: it
-starts with the one worker the loss left, and adds a third.
+The worker node lost comes after the sweep across both workers, then the node joining: it starts
+with the one worker the loss left, and adds a third. Last, a fourth node that cannot reach the
+bucket joins, fails a sweep in one line, and is taken away.
 """
 
 from __future__ import annotations
@@ -81,11 +82,12 @@ def _client_env(cluster: NetnsCluster) -> dict[str, str]:
     return {**env, **_creds(), "AWS_ENDPOINT_URL": cluster.s3_endpoint, "RAY_AUTH_MODE": "disabled"}
 
 
-def _launch(cluster: NetnsCluster, spec: Path, name: str, log: Path, request) -> subprocess.Popen:
+def _launch(cluster: NetnsCluster, spec: Path, name: str, log: Path, request,
+            env: dict[str, str] | None = None) -> subprocess.Popen:
     """``pah launch ray`` in a session of its own, killed when the test ends however it ends (Ctrl-C too)."""
     cmd = [sys.executable, "-m", "pah", "launch", "ray", str(spec), "--address", cluster.dashboard,
            "--storage", f"s3://{BUCKET}/sweeps", "--name", name]
-    proc = subprocess.Popen(cmd, cwd=spec.parent, env=_client_env(cluster), stdout=open(log, "w"),
+    proc = subprocess.Popen(cmd, cwd=spec.parent, env={**_client_env(cluster), **(env or {})}, stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 
     def end() -> None:
@@ -170,6 +172,113 @@ def test_launch_ray_spreads_trials_over_worker_nodes(cloud, tmp_path, request):
     print(f"sweep on {dict(nodes)}: {time.monotonic() - t0:.0f} s")
 
 
+# --------------------------------------------------------------------------- faults mid-trial: what they share
+
+
+def _checkpointed(fs, prefix: str, tid: str, files: list[str]) -> int:
+    """Tasks in the newest task checkpoint of trial ``tid`` in the bucket."""
+    metas = [rel for rel in files if rel.startswith("tune/search/") and f"_{tid}_" in rel and rel.endswith("/meta.json")]
+    return max((json.loads(_read(fs, f"{prefix}/{m}") or "{}").get("tasks_completed", 0) for m in metas), default=0)
+
+
+def _mid_trial_on(cluster: NetnsCluster, fs, prefix: str, nodes: tuple[str, ...]) -> str | None:
+    """A trial running on one of ``nodes`` with 2 or 3 tasks trained in this attempt and a task checkpoint in
+    the bucket: Tune has the report of the task before the last (the trial went on past it), and 2 tasks to
+    go leave time for a fault before the trial ends."""
+    files = _files(fs, prefix)
+    on = set().union(*(cluster.pids(n) for n in nodes))
+    for rel in files:
+        if not (rel.startswith("trials/search/") and rel.endswith("/log.txt")):
+            continue
+        tid = rel.split("/")[2]
+        if f"trials/search/{tid}/result.json" in files:
+            continue
+        lines = _read(fs, f"{prefix}/{rel}").splitlines()
+        starts = [i for i, ln in enumerate(lines) if STARTED.search(ln)]
+        if not starts or int(STARTED.search(lines[starts[-1]]).group(1)) not in on:
+            continue
+        trained = sum(1 for ln in lines[starts[-1]:] if TRAINED.search(ln))
+        if trained in (2, 3) and _checkpointed(fs, prefix, tid, files) >= 1:
+            return tid
+    return None
+
+
+def _wait_mid_trial(cluster, fs, prefix: str, nodes: tuple[str, ...], proc, log: Path, t0: float,
+                    also=lambda files: True) -> str:
+    victim = None
+    while time.monotonic() - t0 < 180 and proc.poll() is None:
+        if (victim := _mid_trial_on(cluster, fs, prefix, nodes)) and also(_files(fs, prefix)):
+            return victim
+        time.sleep(0.3)
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    pytest.fail(f"never saw a trial on {nodes} with a task checkpoint:\n{log.read_text()[-4000:]}")
+
+
+def _reference(fs, prefix: str, victim: str, epochs: int, out: Path, request) -> subprocess.Popen:
+    """The victim's config and seed trained uninterrupted on this host (on a core the fault leaves idle)."""
+    params = json.loads(_read(fs, f"{prefix}/trials/search/{victim}/params.json"))
+    sets = {"train.epochs_per_task": epochs, **params["params"], "seed": params["seed"]}
+    ref = subprocess.Popen([sys.executable, "-m", "pah", "train", "split-digits-pah",
+                            *(a for kv in sets.items() for a in ("--set", "=".join(map(str, kv)))),
+                            "--out", str(out), "--device", "cpu", "--no-progress"],
+                           env=_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    request.addfinalizer(ref.kill)  # a no-op once it has ended
+    return ref
+
+
+def _nothing_lost(sweep: Path, *, finished_before: set[str], victim: str, ckpt_at_fault: int, hit: set[int],
+                  ref: subprocess.Popen, ref_out: Path, n: int = 4) -> set[str]:
+    """The verdicts every fault shares; returns the trials the fault hit (``hit``: the pids it ended).
+
+    Every trial trained every task; a trial that finished before the fault, or never ran in a process the
+    fault ended, trained each task once in one start; a trial the fault hit continued in another process
+    from its last task checkpoint (not from scratch) and trained again at most the task in progress; the
+    victim ends with the accuracy matrix of an uninterrupted run; optuna.db and the W&B runs hold every
+    trial once, complete."""
+    results = _results(sweep, "search")
+    assert len(results) == n, sorted(results)
+    was_hit = set()
+    for tid in results:
+        lines = _log_lines(sweep / "trials" / "search" / tid)
+        trained = Counter(int(m.group(2)) for ln in lines if (m := TRAINED.search(ln)))
+        assert sorted(trained) == [1, 2, 3, 4, 5], (tid, lines)  # every task, in the end
+        # (a trial that finished after the sweep's last snapshot starts again on a resume, finds its result
+        # and ends at once, training nothing: "start tasks_done=4 (finished already)")
+        starts = [(int(m.group(1)), int(m.group(2))) for ln in lines
+                  if (m := STARTED.search(ln)) and "finished already" not in ln]
+        if tid in finished_before or not any(pid in hit for pid, _ in starts):
+            # finished before the fault (maybe in a process it ended: Tune reuses a worker process for the
+            # next trial), or never there: each task trained once, and no start after the fault
+            assert set(trained.values()) == {1} and len(starts) == 1, (tid, lines)
+            continue
+        was_hit.add(tid)
+        last_hit = max(i for i, (pid, _) in enumerate(starts) if pid in hit)
+        assert len(starts) > last_hit + 1, (tid, lines)
+        resumed_pid, resumed_at = starts[last_hit + 1]
+        assert resumed_pid not in hit
+        # (the newest checkpoint may have reached the bucket before its report reached Tune: then it trains
+        # that task again, and the task it had been training was not logged yet)
+        assert resumed_at >= max(1, ckpt_at_fault - 1 if tid == victim else 0), (tid, ckpt_at_fault, lines)
+        again = [k for k, c in trained.items() if c > 1]
+        assert all(trained[k] == 2 for k in again) and again in ([], [resumed_at + 1]), (tid, lines)
+    assert victim in was_hit
+    _, err = ref.communicate(timeout=180)
+    assert ref.returncode == 0, err
+    expected = json.loads((ref_out / "result.json").read_text())
+    assert results[victim]["config_id"] == expected["config_id"] and results[victim]["seed"] == expected["seed"]
+    assert results[victim]["acc_matrix"] == expected["acc_matrix"]  # as if the fault had never happened
+    ids = _in_optuna_db(sweep)
+    assert len(ids) == len(set(ids)) and set(results) <= set(ids), ids
+    assert check_wandb_runs(sweep, "search") == n
+    return was_hit
+
+
+def _finished(files: list[str]) -> set[str]:
+    return {rel.split("/")[2] for rel in files if rel.startswith("trials/search/") and rel.endswith("/result.json")}
+
+
 # --------------------------------------------------------------------------- a worker node lost mid-trial
 
 
@@ -180,104 +289,26 @@ def test_worker_node_lost_mid_trial_nothing_lost(cloud, tmp_path, request):
     uninterrupted run, and optuna.db and the W&B runs hold every trial once."""
     cluster, fs = cloud
     t0 = time.monotonic()
-    name, lost = "lost", "w2"
+    name, lost, epochs = "lost", "w2", 2  # a task takes ~2 s on a worker: room to kill between two checkpoints
     prefix = f"{BUCKET}/sweeps/{name}"
     log = tmp_path / "out.txt"
-    epochs = 2  # a task takes ~2 s on a worker: room to kill mid-trial, between two task checkpoints
     proc = _launch(cluster, _tiny_spec(tmp_path / f"{name}.yaml", epochs=epochs), name, log, request)
-
-    def checkpointed(tid: str, files: list[str]) -> int:
-        """Tasks in the newest task checkpoint of trial ``tid`` in the bucket."""
-        metas = [rel for rel in files if rel.startswith("tune/search/") and f"_{tid}_" in rel
-                 and rel.endswith("/meta.json")]
-        return max((json.loads(_read(fs, f"{prefix}/{m}") or "{}").get("tasks_completed", 0) for m in metas),
-                   default=0)
-
-    def mid_trial_on_lost_node():
-        files = _files(fs, prefix)
-        on_lost = cluster.pids(lost)
-        for rel in files:
-            if not (rel.startswith("trials/search/") and rel.endswith("/log.txt")):
-                continue
-            tid = rel.split("/")[2]
-            if f"trials/search/{tid}/result.json" in files:
-                continue
-            lines = _read(fs, f"{prefix}/{rel}").splitlines()
-            starts = [i for i, ln in enumerate(lines) if STARTED.search(ln)]
-            if not starts or int(STARTED.search(lines[starts[-1]]).group(1)) not in on_lost:
-                continue
-            # 2 or 3 tasks trained in this attempt: Tune has the report of the task before the last (the
-            # trial went on past it), and 2 tasks to go leave time to kill before the trial ends
-            trained = sum(1 for ln in lines[starts[-1]:] if TRAINED.search(ln))
-            if trained in (2, 3) and checkpointed(tid, files) >= 1:
-                return tid
-        return None
-
-    victim = None
-    while time.monotonic() - t0 < 180 and proc.poll() is None and not (victim := mid_trial_on_lost_node()):
-        time.sleep(0.3)
-    if victim is None:
-        os.killpg(proc.pid, 9)
-        proc.wait()
-        pytest.fail(f"never saw a trial on {lost} with a task checkpoint:\n{log.read_text()[-4000:]}")
+    victim = _wait_mid_trial(cluster, fs, prefix, (lost,), proc, log, t0)
     killed = cluster.kill(lost)
     t_kill = time.monotonic()
     files = _files(fs, prefix)
-    finished_before = {rel.split("/")[2] for rel in files if rel.startswith("trials/search/")
-                       and rel.endswith("/result.json")}
-    ckpt_at_kill = checkpointed(victim, files)
-    # the victim's config and seed, uninterrupted, on this host (on the core the lost node leaves idle)
-    params = json.loads(_read(fs, f"{prefix}/trials/search/{victim}/params.json"))
-    sets = {"train.epochs_per_task": epochs, **params["params"], "seed": params["seed"]}
-    ref = subprocess.Popen([sys.executable, "-m", "pah", "train", "split-digits-pah",
-                            *(a for kv in sets.items() for a in ("--set", "=".join(map(str, kv)))),
-                            "--out", str(tmp_path / "ref"), "--device", "cpu", "--no-progress"],
-                           env=_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
-    request.addfinalizer(ref.kill)  # a no-op once it has ended
+    finished_before, ckpt = _finished(files), _checkpointed(fs, prefix, victim, files)
+    ref = _reference(fs, prefix, victim, epochs, tmp_path / "ref", request)
 
     out = _wait(proc, log, 240)
     after_kill_s = time.monotonic() - t_kill
     assert "state: SUCCEEDED" in out, out[-4000:]
     sweep = _local_copy(fs, prefix, tmp_path / "copy")
+    hit = _nothing_lost(sweep, finished_before=finished_before, victim=victim, ckpt_at_fault=ckpt, hit=killed,
+                        ref=ref, ref_out=tmp_path / "ref")
     results = _results(sweep, "search")
-    assert len(results) == 4, out[-4000:]
-
-    on_lost = set()
-    for tid in results:
-        lines = _log_lines(sweep / "trials" / "search" / tid)
-        trained = Counter(int(m.group(2)) for ln in lines if (m := TRAINED.search(ln)))
-        assert sorted(trained) == [1, 2, 3, 4, 5], (tid, lines)  # every task, in the end
-        starts = [(int(m.group(1)), int(m.group(2))) for ln in lines if (m := STARTED.search(ln))]
-        if tid in finished_before or not any(pid in killed for pid, _ in starts):
-            # finished before the loss (maybe on the lost node: Tune reuses a worker process for the
-            # next trial), or never there: each task trained once, and no start after the loss
-            assert set(trained.values()) == {1} and len(starts) == 1, (tid, lines)
-            continue
-        on_lost.add(tid)
-        # continued on the other node, from its last task checkpoint in the bucket, not from scratch
-        last_on_lost = max(i for i, (pid, _) in enumerate(starts) if pid in killed)
-        assert len(starts) > last_on_lost + 1, (tid, lines)
-        resumed_pid, resumed_at = starts[last_on_lost + 1]
-        assert resumed_pid not in killed
-        # (the newest checkpoint may have reached the bucket before its report reached Tune: then it trains
-        # that task again, and the task it had been training was not logged yet)
-        assert resumed_at >= max(1, ckpt_at_kill - 1 if tid == victim else 0), (tid, ckpt_at_kill, lines)
-        again = [k for k, n in trained.items() if n > 1]
-        assert all(trained[k] == 2 for k in again) and again in ([], [resumed_at + 1]), (tid, lines)
-        assert results[tid]["env"]["node_ip"] == cluster.workers["w1"]
-    assert victim in on_lost
-    _, err = ref.communicate(timeout=120)
-    assert ref.returncode == 0, err
-    expected = json.loads((tmp_path / "ref" / "result.json").read_text())
-    assert results[victim]["config_id"] == expected["config_id"] and results[victim]["seed"] == expected["seed"]
-    assert results[victim]["acc_matrix"] == expected["acc_matrix"]  # as if the node had never been lost
-
-    # the study and the W&B runs: each trial once, and complete
-    ids = _in_optuna_db(sweep)
-    assert len(ids) == len(set(ids)) and set(results) <= set(ids), ids
-    assert check_wandb_runs(sweep, "search") == 4
-    print(f"worker {lost} lost (trial {victim} at {ckpt_at_kill} tasks checkpointed): the sweep ended "
+    assert all(results[tid]["env"]["node_ip"] == cluster.workers["w1"] for tid in hit)  # continued on w1
+    print(f"worker {lost} lost (trial {victim} at {ckpt} tasks checkpointed): the sweep ended "
           f"{after_kill_s:.0f} s later; {time.monotonic() - t0:.0f} s in all")
 
 
@@ -318,3 +349,148 @@ def test_a_worker_node_joining_mid_sweep_gets_trials(cloud, tmp_path, request):
     assert len(ids) == len(set(ids)) and set(results) <= set(ids), ids
     assert check_wandb_runs(sweep, "search") == 4
     print(f"w3 joined {t_join:.0f} s into the sweep; trials per node {dict(nodes)}; {time.monotonic() - t0:.0f} s in all")
+
+
+# --------------------------------------------------------------------------- a worker partitioned
+
+
+def _raylet_in(cluster: NetnsCluster, node: str) -> bool:
+    return any(_comm(p) == "raylet" for p in cluster.pids(node))
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def test_a_worker_partitioned_past_the_node_death_timeout_then_healed(cloud, tmp_path, request):
+    """Worker w3's link cut while a trial there is mid-way, for longer than Ray's node-death timeout: its
+    processes run on but nothing reaches them (no connection closes, unlike a kill). Ray declares the node
+    dead, its trial continues on w1 from its last task checkpoint in the bucket; when the link comes back
+    the node learns it was declared dead and ends its own processes (the partitioned trial does not go on
+    beside its continuation), and it rejoins as a new node. Nothing is lost, nothing trained twice but the
+    task in progress."""
+    cluster, fs = cloud
+    cut, epochs = "w3", 2
+    if cut not in cluster.workers or not _raylet_in(cluster, cut):  # the joining test deselected
+        cluster.add_worker(cut)
+    t0 = time.monotonic()
+    name = "partition"
+    prefix = f"{BUCKET}/sweeps/{name}"
+    log = tmp_path / "out.txt"
+    proc = _launch(cluster, _tiny_spec(tmp_path / f"{name}.yaml", epochs=epochs), name, log, request)
+    victim = _wait_mid_trial(cluster, fs, prefix, (cut,), proc, log, t0)
+    hit = cluster.pids(cut)
+    cluster.cut(cut)
+    request.addfinalizer(lambda: cluster.heal(cut))  # a no-op once healed
+    t_cut = time.monotonic()
+    files = _files(fs, prefix)
+    finished_before, ckpt = _finished(files), _checkpointed(fs, prefix, victim, files)
+    ref = _reference(fs, prefix, victim, epochs, tmp_path / "ref", request)
+    # Ray's node-death timeout here: 5 missed checks a second apart, each given 2 s (HEALTH), so about 7 s;
+    # the link stays down three times that
+    time.sleep(max(0.0, PARTITION_S - (time.monotonic() - t_cut)))
+    assert _raylet_in(cluster, cut)  # cut off, not dead: its processes ran on
+    cluster.heal(cut)
+    t_heal = time.monotonic()
+    while _raylet_in(cluster, cut) and time.monotonic() - t_heal < 60:
+        time.sleep(0.5)
+    ended_s = time.monotonic() - t_heal
+    assert not _raylet_in(cluster, cut), f"w3's raylet still runs {ended_s:.0f} s after the link came back"
+    cluster.add_worker(cut)  # the node rejoins, as a new Ray node
+
+    out = _wait(proc, log, 240)
+    assert "state: SUCCEEDED" in out, out[-4000:]
+    sweep = _local_copy(fs, prefix, tmp_path / "copy")
+    was_hit = _nothing_lost(sweep, finished_before=finished_before, victim=victim, ckpt_at_fault=ckpt, hit=hit,
+                            ref=ref, ref_out=tmp_path / "ref")
+    print(f"{cut} cut off for {t_heal - t_cut:.0f} s (trial {victim} at {ckpt} tasks checkpointed, trials hit "
+          f"{sorted(was_hit)}); its raylet ended itself {ended_s:.0f} s after the link came back; "
+          f"{time.monotonic() - t0:.0f} s in all")
+
+
+#: seconds a partition lasts: three times the test's node-death timeout (HEALTH)
+PARTITION_S = 21.0
+
+
+# --------------------------------------------------------------------------- the head lost
+
+
+def test_the_head_lost_a_fresh_head_resumes_the_sweep_from_the_bucket(cloud, tmp_path, request):
+    """The head node lost mid-sweep (GCS, dashboard, the sweep's driver and every file on it), with one trial
+    finished and one mid-way: `pah launch ray` says the cluster is lost, in one line naming the resume
+    command. A fresh head in a new namespace, with none of the old head's files, and new workers (a worker
+    of the old head does not join a new one); the same `pah launch ray` resumes the sweep from the bucket
+    alone: finished trials are not trained again, the others continue from their task checkpoints."""
+    cluster, fs = cloud
+    epochs = 2
+    workers = [w for w in cluster.workers if _raylet_in(cluster, w)]
+    assert len(workers) >= 1, cluster.workers
+    t0 = time.monotonic()
+    name = "headless"
+    prefix = f"{BUCKET}/sweeps/{name}"
+    log = tmp_path / "out.txt"
+    spec = _tiny_spec(tmp_path / f"{name}.yaml", epochs=epochs)
+    proc = _launch(cluster, spec, name, log, request, env={"PAH_LOST_CLUSTER_S": str(LOST_S)})
+    victim = _wait_mid_trial(cluster, fs, prefix, tuple(workers), proc, log, t0, also=lambda f: _finished(f))
+    mark = "/tmp/pah-old-head-mark"
+    assert cluster.sh("head", f"touch {mark} && ls /tmp/ray").returncode == 0
+    hit = cluster.pids("head")
+    cluster.kill("head")
+    for w in workers:  # the old head's workers: Ray ends them once the GCS is gone for 60 s; here at once
+        hit |= cluster.kill(w)
+    t_lost = time.monotonic()
+    files = _files(fs, prefix)
+    finished_before, ckpt = _finished(files), _checkpointed(fs, prefix, victim, files)
+    ref = _reference(fs, prefix, victim, epochs, tmp_path / "ref", request)
+
+    out = _wait(proc, log, 60 + LOST_S)
+    lost_s = time.monotonic() - t_lost
+    assert proc.returncode == 1, out[-4000:]
+    said = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(said) == 1 and said[0].startswith(f"error: lost the Ray cluster at {cluster.dashboard}"), out[-4000:]
+    assert f"resume on a new or restored cluster with: pah launch ray {spec} " in said[0], said[0]
+    assert f"--name {name}" in said[0], said[0]
+
+    cluster.fresh_head()
+    assert cluster.sh("head", f"test -e {mark}").returncode == 1  # none of the old head's files
+    for w in workers:
+        cluster.add_worker(w)
+    log2 = tmp_path / "out2.txt"
+    out = _wait(_launch(cluster, spec, name, log2, request), log2, 240)
+    assert "state: SUCCEEDED" in out, out[-4000:]
+    sweep = _local_copy(fs, prefix, tmp_path / "copy")
+    _nothing_lost(sweep, finished_before=finished_before, victim=victim, ckpt_at_fault=ckpt, hit=hit, ref=ref,
+                  ref_out=tmp_path / "ref")
+    print(f"head lost with {len(finished_before)} trial(s) finished and {victim} at {ckpt} tasks checkpointed: "
+          f"`pah launch ray` said so {lost_s:.0f} s later; resumed on a fresh head; {time.monotonic() - t0:.0f} s in all")
+
+
+#: seconds `pah launch ray` waits for a silent cluster before it reports it lost (PAH_LOST_CLUSTER_S)
+LOST_S = 8
+
+
+def test_a_worker_node_that_cannot_reach_the_bucket_fails_the_sweep_in_one_line_naming_it(cloud, tmp_path, request):
+    """A node joins whose network cannot reach the bucket (its endpoint a closed port, as a node outside the
+    bucket's VPC endpoint would be): the sweep fails before any trial trains, in one `error:` line from the
+    driver naming that node and the cause, and does not hang; the node is then taken away again."""
+    cluster, fs = cloud
+    bad = cluster.add_worker("w4", env={"PAH_NETNS_S3_ENDPOINT": f"http://{cluster.head_ip}:1"})
+    request.addfinalizer(lambda: cluster.kill("w4"))
+    t0 = time.monotonic()
+    name = "unreachable"
+    log = tmp_path / "out.txt"
+    proc = _launch(cluster, _tiny_spec(tmp_path / f"{name}.yaml", epochs=1), name, log, request)
+    out = _wait(proc, log, 240)
+    assert proc.returncode == 1 and "state: FAILED" in out, out[-4000:]
+    said = [ln for ln in out.splitlines() if ln.startswith("error: --storage")]
+    assert len(said) == 1, out[-4000:]
+    assert f"is not usable from the Ray node {bad}:" in said[0], said[0]
+    assert f"cannot reach the endpoint http://{cluster.head_ip}:1" in said[0], said[0]
+    for ok in (cluster.workers["w1"],):  # the nodes that can reach it are not blamed
+        assert ok not in said[0], said[0]
+    trained = [rel for rel in _files(fs, f"{BUCKET}/sweeps/{name}") if rel.startswith("trials/")]
+    assert trained == [], trained  # nothing started
+    print(f"failed in {time.monotonic() - t0:.0f} s: {said[0]}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -241,7 +242,7 @@ def test_pending_reasons_in_words():
 class _Server:
     """A local TCP server on 127.0.0.1: ``answer`` is the raw HTTP reply, or None to accept and never answer."""
 
-    def __init__(self, answer: bytes | None):
+    def __init__(self, answer: bytes | None, answers: int | None = None):
         import socket
         import threading
 
@@ -249,7 +250,7 @@ class _Server:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
         self.address = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.answer, self.held = answer, []
+        self.answer, self.held, self.left = answer, [], answers  # answers: close after that many
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -264,6 +265,11 @@ class _Server:
             conn.recv(65536)
             conn.sendall(self.answer)
             conn.close()
+            if self.left is not None:
+                self.left -= 1
+                if self.left <= 0:
+                    self.sock.close()  # gone: connections refused from now on
+                    return
 
     def close(self):
         self.sock.close()
@@ -305,3 +311,24 @@ def test_an_address_that_is_not_a_ray_dashboard_fails_fast_in_one_line(answer, w
     assert line.startswith("error:") and server.address in line and all(w in line for w in words), line
     assert took < 30, took
     assert not list(tmp_path.iterdir())
+
+
+def test_following_a_job_whose_cluster_goes_silent_ends_lost_not_hanging():
+    """The head of a followed Ray Job lost (its dashboard gone after the submission): `follow` waits out
+    ``lost_after`` seconds of silence, then says LOST (the CLI's one-line error names the resume command;
+    tests/test_cloud_nodes.py loses a real head)."""
+    import time
+
+    pytest.importorskip("ray.dashboard")
+    import ray
+
+    from launch import rayjob
+
+    # the dashboard answers the three requests that building the client makes (version checks), then is gone
+    server = _Server(_http("200 OK", json.dumps({"ray_version": ray.__version__}).encode()), answers=3)
+    t0 = time.monotonic()
+    try:
+        assert rayjob.follow(server.address, "raysubmit_gone", lost_after=2) == "LOST"
+    finally:
+        server.close()
+    assert 2 <= time.monotonic() - t0 < 30

@@ -296,3 +296,41 @@ def test_a_resume_resets_the_failure_count_of_errored_trials_in_a_bucket_snapsho
     assert counts == {"a": 0, "b": 3, "c": 0}
     assert _read(fs, f"{exp}/experiment_state-2026-12-01_10-00-00.json") == old
     assert fresh_failures_at(f"s3://{exp}", {"a", "c"}) == 0  # nothing left to reset
+
+
+def test_a_superseded_attempt_of_a_trial_writes_nothing_more(tmp_path, s3, monkeypatch):
+    """Two attempts of one trial, as a partition leaves them: the first (on a node that was cut off and
+    declared dead) runs on after the second has started elsewhere. Once the second has claimed the trial,
+    the first's uploads raise ``Superseded`` and write nothing: its older log.txt never replaces the
+    continuation's (seen on the netns cluster before the fence: a finished trial's log cut back to 3 tasks)."""
+    from sweeps.trainable import Superseded, _TrialFiles
+
+    endpoint, fs = s3
+    for k, v in _s3_env(endpoint).items():
+        monkeypatch.setenv(k, v)
+    uri = f"s3://{BUCKET}/fence"
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "node-a"))  # each node's own scratch
+    old = _TrialFiles(uri, "search", "t1")
+    old.claim()
+    old.out.mkdir(parents=True)
+    (old.out / "log.txt").write_text("start tasks_done=0\ntrained task 1/5\n")
+    old.push()  # the owner writes
+    assert _read(fs, f"{BUCKET}/fence/trials/search/t1/log.txt").decode().count("trained") == 1
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "node-b"))  # the continuation, on another node
+    new = _TrialFiles(uri, "search", "t1")
+    assert new.out != old.out and (new.out / "log.txt").exists()  # it starts from what the bucket holds
+    new.claim()
+    (new.out / "log.txt").write_text((new.out / "log.txt").read_text() + "start tasks_done=1\ntrained task 2/5\n")
+    new.push()
+
+    (old.out / "log.txt").write_text("start tasks_done=0\ntrained task 1/5\ntrained task 2/5\ntrained task 3/5\n")
+    with pytest.raises(Superseded, match="taken over by a later attempt"):
+        old.push()  # the partition heals: the old attempt's next upload
+    with pytest.raises(Superseded):
+        old.fence()  # and its next report (Tune's checkpoint upload) is refused the same way
+    log = _read(fs, f"{BUCKET}/fence/trials/search/t1/log.txt").decode()
+    assert log.splitlines()[-2:] == ["start tasks_done=1", "trained task 2/5"], log  # the continuation's
+    new.push()  # the owner still writes
