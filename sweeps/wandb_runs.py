@@ -318,24 +318,7 @@ class RunLog:
         return path
 
     def _rows_from_checkpoint(self) -> list[dict[str, Any]]:
-        run_id, root = self.spec.run_id, self.spec.root
-        ckpts = sorted(Path(root).glob(f"trials/*/{run_id}/checkpoint/state.pt")) if run_id and root else []
-        if not ckpts:
-            return []
-        import torch
-
-        from pah.metrics import summarize
-        from sweeps.trainable import metrics_of_result
-
-        try:
-            state = torch.load(ckpts[0], map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001 - unreadable: the trial itself reports and retrains it
-            return []
-        acc, val = state.get("acc_rows") or [], state.get("val_rows") or []
-        has_val = (state.get("config") or {}).get("data", {}).get("val_fraction", 0) > 0
-        return [{"_step": t + 1, "tasks_completed": t + 1,
-                 **metrics_of_result(summarize(acc[: t + 1]), summarize(val[: t + 1]) if has_val else None)}
-                for t in range(len(acc))]
+        return task_rows(self.spec.root, self.spec.run_id)
 
     def _earlier_runs(self) -> list[Path]:
         if not self.spec.run_id or not self.spec.root:
@@ -498,6 +481,99 @@ def warn_lost_history(trial, root: str | Path | None, run_id: str | None) -> Non
           f"rows/{run_id}.jsonl and no offline run of it, though it trained {done} task(s)): its run "
           f"{run_id} is rebuilt from the trial's checkpoint, per-task metrics only",
           file=sys.stderr, flush=True)
+
+
+def task_rows(root: str | Path | None, run_id: str | None) -> list[dict[str, Any]]:
+    """A trial's per-task W&B rows (``_step``, ``tasks_completed`` and the metrics so far), rebuilt from
+    what it left: its ``result.json`` if it finished, else its newest task checkpoint. Looked for in the
+    sweep dir ``root``, then, where ``root`` is the driver's staging copy of a bucket, in the bucket: the
+    trials of a sweep on object storage keep their checkpoints there and nowhere else, and a head node
+    that was lost took the rows its driver had journaled since the last sync with it."""
+    if not run_id or not root:
+        return []
+    from pah import storage
+
+    found = sorted(Path(root).glob(f"trials/*/{run_id}/result.json"))
+    if found:
+        return _rows_of_result(found[0].read_bytes())
+    found = sorted(Path(root).glob(f"trials/*/{run_id}/checkpoint/state.pt"))
+    if found:
+        return _rows_of_state(found[0].read_bytes())
+    remote = storage.remote_of(root)
+    if remote is None:
+        return []
+    try:
+        for phase in ("search", "confirm"):
+            data = storage.read_bytes(storage.join(remote, "trials", phase, run_id, "result.json"))
+            if data is not None:
+                return _rows_of_result(data)
+        newest = _newest_remote_checkpoint(remote, run_id)
+        return _rows_of_state(storage.read_bytes(newest)) if newest else []
+    except OSError as e:  # the bucket out of reach: the rows stay missing, and the run says so
+        print(f"warning: the W&B rows of trial {run_id} could not be rebuilt from {remote} ({e})",
+              file=sys.stderr, flush=True)
+        return []
+
+
+def _rows_of(acc: list[list[float]], val: list[list[float]] | None) -> list[dict[str, Any]]:
+    from pah.metrics import summarize
+    from sweeps.trainable import metrics_of_result
+
+    return [{"_step": t + 1, "tasks_completed": t + 1,
+             **metrics_of_result(summarize(acc[: t + 1]), summarize(val[: t + 1]) if val else None)}
+            for t in range(len(acc))]
+
+
+def _rows_of_result(data: bytes) -> list[dict[str, Any]]:
+    try:
+        result = json.loads(data)
+        acc = [[x for x in row if x is not None] for row in result["acc_matrix"]]
+        val = [[x for x in row if x is not None] for row in (result.get("val_matrix") or [])]
+    except (ValueError, KeyError, TypeError):  # damaged: the trial's own checks report it
+        return []
+    return _rows_of(acc, val if val and all(val) else None)
+
+
+def _rows_of_state(data: bytes | None) -> list[dict[str, Any]]:
+    if not data:
+        return []
+    import io
+
+    import torch
+
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - unreadable: the trial itself reports and retrains it
+        return []
+    acc, val = state.get("acc_rows") or [], state.get("val_rows") or []
+    has_val = (state.get("config") or {}).get("data", {}).get("val_fraction", 0) > 0
+    return _rows_of(acc, val if has_val else None)
+
+
+def _newest_remote_checkpoint(remote: str, run_id: str) -> str | None:
+    """``state.pt`` of the newest Tune checkpoint of trial ``run_id`` under ``remote``/tune, or None."""
+    import pyarrow.fs as pafs
+
+    from pah import storage
+
+    fs, root = storage.resolve(storage.join(remote, "tune"))
+
+    def dirs(path: str) -> list[str]:
+        sel = pafs.FileSelector(path, allow_not_found=True)
+        return [i.path for i in fs.get_file_info(sel) if i.type == pafs.FileType.Directory]
+
+    best = None
+    for phase in dirs(root):
+        for trial in dirs(phase):
+            if f"_{run_id}_" not in trial.rsplit("/", 1)[-1] + "_":
+                continue
+            for ckpt in dirs(trial):
+                name = ckpt.rsplit("/", 1)[-1]
+                if name.startswith("checkpoint_") and (best is None or name > best.rsplit("/", 1)[-1]):
+                    if fs.get_file_info(f"{ckpt}/state.pt").type == pafs.FileType.File:
+                        best = ckpt
+    scheme = remote.split("://", 1)[0]
+    return f"{scheme}://{best}/state.pt" if best else None
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:

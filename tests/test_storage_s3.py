@@ -334,3 +334,44 @@ def test_a_superseded_attempt_of_a_trial_writes_nothing_more(tmp_path, s3, monke
     log = _read(fs, f"{BUCKET}/fence/trials/search/t1/log.txt").decode()
     assert log.splitlines()[-2:] == ["start tasks_done=1", "trained task 2/5"], log  # the continuation's
     new.push()  # the owner still writes
+
+
+def test_wandb_rows_of_a_trial_are_rebuilt_from_the_bucket(tmp_path, s3, monkeypatch):
+    """A sweep on object storage whose head was lost: the new driver's staging copy holds neither the trial's
+    journal of W&B rows nor its checkpoint (both were on the old head, or only ever in the bucket). The rows
+    come back from the bucket: a finished trial's from its result.json, an unfinished one's from its newest
+    Tune checkpoint there (tests/test_cloud_nodes.py loses a real head)."""
+    import io
+
+    import torch
+
+    from pah import storage
+    from sweeps.wandb_runs import task_rows
+
+    endpoint, fs = s3
+    for k, v in _s3_env(endpoint).items():
+        monkeypatch.setenv(k, v)
+    uri = f"s3://{BUCKET}/rebuilt"
+    staging = tmp_path / "staging"
+    storage.mark_staging(staging, uri)
+    acc = [[0.9], [0.8, 0.95], [0.7, 0.9, 0.97]]
+    result = {"acc_matrix": [row + [None] * (3 - len(row)) for row in acc], "val_matrix": []}
+    storage.write_bytes(f"{uri}/trials/search/done1/result.json", json.dumps(result).encode())
+    rows = task_rows(staging, "done1")
+    assert [r["tasks_completed"] for r in rows] == [1, 2, 3] and [r["_step"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["avg_acc"] == pytest.approx((0.7 + 0.9 + 0.97) / 3)
+    assert rows[1]["forgetting"] == pytest.approx(0.1)
+
+    buf = io.BytesIO()
+    torch.save({"acc_rows": acc[:2], "val_rows": [], "config": {"data": {"val_fraction": 0}}}, buf)
+    older = io.BytesIO()
+    torch.save({"acc_rows": acc[:1], "val_rows": [], "config": {"data": {"val_fraction": 0}}}, older)
+    trial = f"{uri}/tune/search/pah_trial_half1_2_lr=0.002_2026-12-02"
+    storage.write_bytes(f"{trial}/checkpoint_000000/state.pt", older.getvalue())
+    storage.write_bytes(f"{trial}/checkpoint_000001/state.pt", buf.getvalue())
+    storage.write_bytes(f"{uri}/tune/search/pah_trial_other_3_lr=0.003/checkpoint_000009/state.pt", b"not this")
+    rows = task_rows(staging, "half1")  # the newest checkpoint: 2 tasks
+    assert [r["tasks_completed"] for r in rows] == [1, 2]
+    assert rows[-1]["avg_acc"] == pytest.approx((0.8 + 0.95) / 2)
+    assert task_rows(staging, "never") == []
+    assert task_rows(tmp_path / "not-staging", "done1") == []  # a sweep dir that mirrors no bucket
