@@ -159,8 +159,6 @@ def _run_sweep(
     interrupts = Interrupts(resume_cmd)
     with _aborts(interrupts), interrupts, _ray(address, spec_obj), _said_first(interrupts):
         interrupts.install()  # ray.init sets a SIGTERM handler of its own
-        if remote:
-            _storage_on_every_node(remote)
         if not state["phases"]["search"]["done"]:
             _run_phase(sweep_dir, spec_obj, state, "search", progress, interrupts)
         interrupts.check()
@@ -194,56 +192,6 @@ def _aborts(interrupts: Interrupts) -> Iterator[None]:
         if interrupts.aborted:
             raise interrupts.abort_error() from None
         raise
-
-
-#: seconds a node has to answer the storage check before the sweep goes on without its answer
-NODE_CHECK_S = 60.0
-
-
-def _storage_on_every_node(uri: str, timeout: float = NODE_CHECK_S) -> None:
-    """``--storage URI`` checked from every other node with CPUs, as it was checked here before Ray started.
-
-    On a cluster without a shared filesystem every trial reads and writes the bucket from its own node,
-    with that node's credentials and network (an instance role, a VPC endpoint). A node that cannot use it
-    would fail each trial placed on it, and use up their ``max_failures`` in seconds. A ``UserError`` (exit
-    2) naming the node and the cause instead, before any trial starts. A node that does not answer within
-    ``timeout`` (busy, or going away) is a note, and the sweep goes on.
-    """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = ray.get_runtime_context().get_node_id()
-    nodes = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes()
-             if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0 and n["NodeID"] != here}
-    if not nodes:
-        return
-
-    @ray.remote(num_cpus=0, max_retries=0)
-    def check(u: str) -> str | None:
-        from pah import storage
-        from pah.errors import UserError as Bad
-
-        try:
-            storage.check(u)
-        except Bad as e:
-            return str(e)
-        return None
-
-    refs = {check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(uri): node
-            for node in nodes}
-    done, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
-    for ref in done:
-        try:
-            why = ray.get(ref)
-        except Exception as e:  # noqa: BLE001 - the node died, or the check itself failed there
-            why = f"the check failed there ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        if why:
-            cause = why.split(": ", 1)[1] if why.startswith(f"--storage {uri}: ") else why
-            raise UserError(f"--storage {uri} is not usable from the Ray node {nodes[refs[ref]]}: {cause}; "
-                            "give every node the same access to it (credentials, endpoint, network)")
-    if late:
-        print(f"note: {len(late)} Ray node(s) did not answer the storage check within {timeout:.0f} s "
-              f"({', '.join(nodes[refs[r]] for r in late)}); going on", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

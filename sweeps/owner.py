@@ -133,7 +133,12 @@ class Lease:
             if current and current.get("token") != self.token:
                 why = self.stale_reason(current)
                 if why is None:
-                    raise Held(f"sweep {self.uri} is in use by {describe_holder(current)}: one driver at a time"
+                    age = max(0.0, time.time() - float(current.get("renewed", 0)))
+                    lapse = MISSED_BEATS * float(current.get("heartbeat_s") or self.every) - age
+                    # the holder may be a driver whose node is gone (a lost head): say when a retry takes over
+                    raise Held(f"sweep {self.uri} is in use by {describe_holder(current)}: one driver at a time "
+                               f"(its lease was renewed {age:.0f} s ago; should that driver be gone with its "
+                               f"node, the lease lapses in {max(1.0, lapse):.0f} s and a retry then takes it over)"
                                + _HINT)
                 if why != GONE:  # a dead driver of this host (a crash, resumed) is taken over as its lock would be
                     print(f"note: taking over the lease on {self.uri} from {describe_holder(current)} ({why})",

@@ -283,8 +283,12 @@ class RunLog:
 
     def _result(self, result: dict[str, Any]) -> None:
         log, config_update = self._split(result)
-        step = int(log.get("tasks_completed", log.get("training_iteration", self._last + 1)))
         self._run.config.update(config_update, allow_val_change=True)
+        if "tasks_completed" not in log:
+            # not a task's report (a restored trial's last result may be Tune's bookkeeping alone): no row,
+            # which would hold no task's metrics and break the run's one-row-per-task history
+            return
+        step = int(log["tasks_completed"])
         # Tasks no run logged (a report lost with a killed trial process, or a driver killed
         # before its logger caught up; the trial resumes after them): their rows, rebuilt from
         # the accuracy matrices in the trial's checkpoint.

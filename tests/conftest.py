@@ -139,7 +139,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 # collection order as each frees up. The files that take minutes go first, longest first, so
 # that the tail of the run is short tests on both workers; xdist's own order (most tests
 # first) left a file with one 100-s test to the end, run alone while the other worker idled.
-_LONG_FILES = ("test_validity.py", "test_interrupts.py", "test_cloud_nodes.py", "test_sweep_e2e.py", "test_launch_slurm.py", "test_storage_s3.py", "test_launch_ray.py",
+_LONG_FILES = ("test_cloud_nodes.py", "test_validity.py", "test_interrupts.py", "test_autoscale.py", "test_sweep_e2e.py", "test_launch_slurm.py", "test_storage_s3.py", "test_launch_ray.py",
                "test_train.py", "test_faults.py", "test_sweep_pack.py", "test_study.py",
                "test_relocate.py", "test_storage_faults.py", "test_owner.py")
 

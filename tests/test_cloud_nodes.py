@@ -260,7 +260,9 @@ def _nothing_lost(sweep: Path, *, finished_before: set[str], victim: str, ckpt_a
         assert resumed_pid not in hit
         # (the newest checkpoint may have reached the bucket before its report reached Tune: then it trains
         # that task again, and the task it had been training was not logged yet)
-        assert resumed_at >= max(1, ckpt_at_fault - 1 if tid == victim else 0), (tid, ckpt_at_fault, lines)
+        # (a trial the fault hit right after its start may have had no checkpoint yet: it starts over, having
+        # lost the task in progress, its first)
+        assert resumed_at >= (max(1, ckpt_at_fault - 1) if tid == victim else 0), (tid, ckpt_at_fault, lines)
         again = [k for k, c in trained.items() if c > 1]
         assert all(trained[k] == 2 for k in again) and again in ([], [resumed_at + 1]), (tid, lines)
     assert victim in was_hit
@@ -470,27 +472,3 @@ def test_the_head_lost_a_fresh_head_resumes_the_sweep_from_the_bucket(cloud, tmp
 
 #: seconds `pah launch ray` waits for a silent cluster before it reports it lost (PAH_LOST_CLUSTER_S)
 LOST_S = 8
-
-
-def test_a_worker_node_that_cannot_reach_the_bucket_fails_the_sweep_in_one_line_naming_it(cloud, tmp_path, request):
-    """A node joins whose network cannot reach the bucket (its endpoint a closed port, as a node outside the
-    bucket's VPC endpoint would be): the sweep fails before any trial trains, in one `error:` line from the
-    driver naming that node and the cause, and does not hang; the node is then taken away again."""
-    cluster, fs = cloud
-    bad = cluster.add_worker("w4", env={"PAH_NETNS_S3_ENDPOINT": f"http://{cluster.head_ip}:1"})
-    request.addfinalizer(lambda: cluster.kill("w4"))
-    t0 = time.monotonic()
-    name = "unreachable"
-    log = tmp_path / "out.txt"
-    proc = _launch(cluster, _tiny_spec(tmp_path / f"{name}.yaml", epochs=1), name, log, request)
-    out = _wait(proc, log, 240)
-    assert proc.returncode == 1 and "state: FAILED" in out, out[-4000:]
-    said = [ln for ln in out.splitlines() if ln.startswith("error: --storage")]
-    assert len(said) == 1, out[-4000:]
-    assert f"is not usable from the Ray node {bad}:" in said[0], said[0]
-    assert f"cannot reach the endpoint http://{cluster.head_ip}:1" in said[0], said[0]
-    for ok in (cluster.workers["w1"],):  # the nodes that can reach it are not blamed
-        assert ok not in said[0], said[0]
-    trained = [rel for rel in _files(fs, f"{BUCKET}/sweeps/{name}") if rel.startswith("trials/")]
-    assert trained == [], trained  # nothing started
-    print(f"failed in {time.monotonic() - t0:.0f} s: {said[0]}")

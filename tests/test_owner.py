@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -225,8 +226,11 @@ def test_bucket_lease_excludes_renews_and_is_taken_over_when_stale(bucket, capsy
     # a crashed holder on another host: fresh, it excludes; after 3 missed heartbeats, it is taken over
     crashed = {"host": "node-that-crashed", "pid": 4242, "token": "x", "heartbeat_s": 0.5, "renewed": time.time()}
     _put_lease(fs, uri, crashed)
-    with pytest.raises(Held, match="in use by pid 4242 on host node-that-crashed"):
+    with pytest.raises(Held, match="in use by pid 4242 on host node-that-crashed") as refused:
         Lease(uri).acquire()
+    # the refusal says when a retry takes over, should the holder be gone with its node (a lost head)
+    assert re.search(r"renewed \d+ s ago; .* the lease lapses in [12] s and a retry then takes it over",
+                     str(refused.value)), refused.value
     time.sleep(1.6)
     with Lease(uri) as mine:
         assert _lease_of(fs, uri)["token"] == mine.token
