@@ -206,13 +206,18 @@ class RunLog:
             if end:
                 raise
 
-    def finish(self) -> None:
-        """Finish the run; return once its offline file holds the exit record."""
+    def _close(self) -> Any:
+        """The journal closed and the run handed back (None if none was started): this log is finished."""
         if self._journal is not None:
             self._journal.close()
             self._journal = None
         run, self._run = self._run, None
         self.state = "finished"
+        return run
+
+    def finish(self) -> None:
+        """Finish the run; return once its offline file holds the exit record."""
+        run = self._close()
         if run is None:
             return
         run_file = Path(run.settings.sync_file)
@@ -228,11 +233,7 @@ class RunLog:
             pause = min(pause * 2, 0.5)
 
     def _give_up(self) -> None:
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
-        run, self._run = self._run, None
-        self.state = "finished"
+        run = self._close()
         if run is not None:
             try:
                 run.finish(exit_code=1)
