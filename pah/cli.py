@@ -52,9 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """The CLI; run as the process's main program (no ``argv``) it also owns SIGINT and SIGTERM
+    (pah.signals): whatever moment a signal comes, the process ends with 128 + its number."""
+    from pah import signals
+
+    if argv is None:
+        signals.own()
     try:
+        return _main(argv)
+    finally:
+        if argv is None:  # the outcome is decided: only the interpreter's exit hooks are left
+            signals.take(signals.exit_at_once)
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
         return int(args._run(args) or 0)
     except UserError as e:
         say(e)
@@ -66,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         say(e)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print("error: interrupted by SIGINT", file=sys.stderr)
         return 130
     except Exception as e:  # a runtime failure: the reason, and the traceback for a bug report
         from pah.trial import NonFiniteLoss

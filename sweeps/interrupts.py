@@ -8,9 +8,11 @@ ended, and the driver must not take that for the end of the phase (see
 raises :class:`pah.errors.Interrupted`: exit 130 (SIGINT) or 143 (SIGTERM), with one last
 ``error:`` line naming ``pah sweep --resume ...``.
 
-A second signal raises ``KeyboardInterrupt`` at once, wherever the driver is (Tune's loop, a wait
-in Ray's core worker, which passes on no other exception from a signal handler), and the driver
-turns it into ``Interrupted`` (``abort_error``):
+A second signal raises ``KeyboardInterrupt`` at once, wherever the driver is (Tune's loop, a
+wait in Ray's core worker, which passes on no other exception from a signal handler), and the
+driver turns it into ``Interrupted`` (``abort_error``). Once the driver has stopped (Ray shut
+down), a signal ends the process at once through ``os._exit`` when the CLI owns the process
+(``pah.signals``), its last line still naming the resume command. Either way,
 whatever Tune saved last is what ``--resume`` starts from (``sweeps.snapshot`` keeps a good
 copy of it), and every trial keeps its last task checkpoint.
 
@@ -60,9 +62,24 @@ class Interrupts:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        from pah import signals
+
         for s, h in self._saved.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
+            if self.signum is not None and signals.OWNED:  # stopping: a signal from now on ends the process
+                signal.signal(s, self._at_once)
+            else:
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
         self._saved = {}
+
+    def _at_once(self, signum: int, frame: object) -> None:
+        """A signal after the sweep stopped (Ray shut down, every trial checkpointed): the process is on
+        its way out, its error line said or about to be; end it now, saying the line once more (last)."""
+        from pah import signals
+
+        self.signum, self.aborted = signum, True
+        print(f"error: {self.message('again while it ended: ended at once; every trial keeps its last task checkpoint')}",
+              file=sys.stderr, flush=True)
+        signals.exit_at_once(signum, frame)
 
     def install(self) -> None:
         """(Re)take the signals: ``ray.init`` sets its own SIGTERM handler, and Tune leaves its SIGUSR1 one."""

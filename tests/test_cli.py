@@ -93,3 +93,59 @@ def test_a_sweeps_error_line_is_said_before_ray_is_shut_down_and_only_once(monke
     assert cli.main(["sweep", "quickstart"]) == 143
     assert said_before_teardown == ["error: interrupted by SIGTERM (search); resume with: pah sweep --resume DIR\n"]
     assert capsys.readouterr().err == ""  # not said twice
+
+
+_SIGNALLED = """
+import os, signal, sys, time
+from pah import cli
+from sweeps import cli as sweep_cli
+from sweeps.interrupts import Interrupts
+
+def run(args):
+    when = os.environ["WHEN"]
+    if when == "before":  # before the sweep's own handlers (loading the spec)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    interrupts = Interrupts("pah sweep --resume DIR")
+    try:
+        with interrupts:
+            if when == "twice":
+                os.kill(os.getpid(), signal.SIGTERM)  # the first: the graceful stop
+                raise interrupts.interrupted("search")
+    finally:
+        if when == "twice":  # the second: after the driver stopped, while the process unwinds
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    return 0
+
+sweep_cli.run = run
+sys.argv = ["pah", "sweep", "quickstart"]
+code = cli.main()
+if os.environ["WHEN"] == "after":  # the outcome decided: the interpreter's exit hooks are left
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("when,line", [
+    ("before", "error: interrupted by SIGTERM"),
+    ("twice", "error: interrupted by SIGTERM (again while it ended: ended at once; every trial keeps its last task "
+              "checkpoint); resume with: pah sweep --resume DIR"),
+    ("after", None),
+])
+def test_a_sigterm_at_any_moment_ends_the_cli_with_143_never_killed(when, line):
+    """Outside the sweep's graceful stop, a SIGTERM must still end `pah` with 143 and its error: line,
+    never by the default action (-15, no line: seen when a second SIGTERM came after the driver had
+    shut Ray down)."""
+    import os
+
+    proc = subprocess.run([sys.executable, "-c", _SIGNALLED], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WHEN": when})
+    assert proc.returncode == 143, (proc.returncode, proc.stderr[-2000:])
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    if line is None:
+        assert errors == [], proc.stderr
+    else:
+        assert errors and errors[-1] == line and proc.stderr.rstrip().endswith(line), proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr, proc.stderr
