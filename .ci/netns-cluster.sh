@@ -227,6 +227,13 @@ head)
   ip link del "v${ID}head" 2>/dev/null || true
   rm -rf "$DIR/nodes/head"
   add_ns head
+  # the new head has the old one's address but a new MAC: the other nodes (and the host) forget the old
+  # MAC, or they send to it until their neighbour entry goes stale (a rejoining worker lost ~20 s to it)
+  ip neigh flush to "$(ip_of head)" dev "$BR" 2>/dev/null || true
+  for n in "$DIR"/nodes/*; do
+    n=$(basename "$n")
+    [ "$n" = head ] || ip -n "$(ns_name "$n")" neigh flush to "$(ip_of head)" 2>/dev/null || true
+  done
   start_head
   wait_port "$(ip_of head)" "$DASH_PORT" "the Ray dashboard"
   log "a fresh head up at $(ip_of head)"

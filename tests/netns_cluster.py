@@ -134,6 +134,13 @@ class NetnsCluster:
         self.workers[node] = f"10.77.{self.id}.{int(node[1:]) + 2}"  # the script's addresses: head .2, wK .K+2
         return self.workers[node]
 
+    def add_workers(self, *nodes: str, timeout: float = 180) -> list[str]:
+        """``add_worker`` for each of ``nodes`` at once (as the initial ``start`` does): nodes that join together."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+            return list(pool.map(lambda n: self.add_worker(n, timeout=timeout), nodes))
+
     def fresh_head(self, timeout: float = 180) -> None:
         """The head's namespace deleted with every process and file in it, made anew at the same address,
         and a new Ray head (GCS, dashboard) started there: a lost head replaced. The S3 server, a node of
