@@ -215,6 +215,16 @@ def write_bytes(uri: str, data: bytes) -> None:
         out.write(data)
 
 
+def delete_tree(uri: str) -> None:
+    """Every object under ``uri`` (a folder's), if any; tried once. Uploads add and replace objects but never
+    remove them: a local folder renamed must go from the bucket by its old name too."""
+    fs, path = resolve(uri)
+    try:
+        fs.delete_dir(path)
+    except FileNotFoundError:
+        pass
+
+
 def _upload(local: Path, uri: str, files: Iterable[str] | None) -> int:
     fs, root = resolve(uri)
     root = root.rstrip("/")

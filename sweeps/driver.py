@@ -51,9 +51,10 @@ import shlex
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -173,12 +174,38 @@ def _run_sweep(
                 _save(sweep_dir, state)
             if not state["phases"]["confirm"]["done"]:
                 _run_phase(sweep_dir, spec_obj, state, "confirm", progress, interrupts)
+        reporting = _report_meanwhile(sweep_dir)  # the results read and report.html drawn while Ray shuts down
 
-    report = read_results(sweep_dir)
+    report, path = reporting()
     print(summary_table(report), flush=True)
-    write_report(sweep_dir, report)
+    if path is not None:
+        print(_report_line(sweep_dir, path), flush=True)
     _check_errored(sweep_dir, resume_cmd, report)
     return sweep_dir
+
+
+def _report_meanwhile(sweep_dir: Path) -> Callable[[], tuple[SweepReport | None, Path | None]]:
+    """Read the results and write report.html in a thread, started as the phases end; returns what waits for it.
+
+    Ray's shutdown (its actors' deaths awaited, its processes stopped: 2-3 s of waiting) and the report
+    (loading the results, then matplotlib: ~5 s of one core) overlap instead of following each other: a
+    part of every sweep's fixed cost (bench/RESULTS.md, orchestration). The thread is a daemon: a signal
+    that ends the driver meanwhile does not wait for the figures (``pah analyze SWEEP --html`` draws them).
+    """
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        box["report"] = read_results(sweep_dir)
+        box["path"] = write_report(sweep_dir, box["report"], say=False)
+
+    thread = threading.Thread(target=work, name="pah-report", daemon=True)
+    thread.start()
+
+    def wait() -> tuple[SweepReport | None, Path | None]:
+        thread.join()
+        return box.get("report"), box.get("path")
+
+    return wait
 
 
 @contextlib.contextmanager
@@ -238,9 +265,9 @@ def summary_table(report: SweepReport | None) -> str:
         return ""
 
 
-def write_report(sweep_dir: Path, report: SweepReport | None = None) -> Path | None:
+def write_report(sweep_dir: Path, report: SweepReport | None = None, *, say: bool = True) -> Path | None:
     """SWEEP/report.html (see analysis.html), from the results read once (``report``, else read here);
-    a failure is a note, never a failed sweep."""
+    a failure is a note, never a failed sweep. ``say``: print the ``report:`` line (``_report_line``)."""
     try:
         from analysis.html import write_html
         from analysis.study_table import STUDY_DIR, write_study_files
@@ -258,9 +285,15 @@ def write_report(sweep_dir: Path, report: SweepReport | None = None) -> Path | N
     except Exception as e:  # the results are on disk either way; `pah analyze SWEEP --html` retries
         print(f"note: could not write {sweep_dir / REPORT} ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
         return None
-    remote = remote_of(sweep_dir)
-    print(f"report: {storage_mod.join(remote, REPORT) if remote else path}", flush=True)
+    if say:
+        print(_report_line(sweep_dir, path), flush=True)
     return path
+
+
+def _report_line(sweep_dir: Path, path: Path) -> str:
+    """``report: PATH``, the bucket's URI for a sweep on object storage."""
+    remote = remote_of(sweep_dir)
+    return f"report: {storage_mod.join(remote, REPORT) if remote else path}"
 
 
 # --------------------------------------------------------------------------- sweep dir and state

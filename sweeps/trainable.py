@@ -119,20 +119,29 @@ def _tasks_in(ckpt_dir: Path) -> int:
 
 
 def _take_ray_checkpoint(out: Path) -> None:
-    """Copy Tune's latest checkpoint into the trial dir when it is ahead of what is there.
+    """Copy the trial's newest task checkpoint in storage into the trial dir when it is ahead of what is there.
 
-    On one machine the trial dir already holds the newest state; on a cluster whose
-    nodes share no filesystem (or after a move) Tune's copy is the one to resume from.
+    On one machine the trial dir already holds the newest state; on a cluster whose nodes share no
+    filesystem (or after a move) the copy in storage is the one to resume from. That is Tune's latest
+    checkpoint of the trial, or a newer one of its ``checkpoint_NNNNNN`` dirs that Tune's state does not
+    know: a driver restored from a snapshot older than the trial's last reports (the head lost, with the
+    snapshot taken before them) hands the trial no checkpoint or an old one, though its task checkpoints
+    are in the bucket (seen: a trial two tasks in started over from none). A checkpoint after task K is
+    the same whichever attempt wrote it (the training is deterministic), so the most tasks wins.
     """
     from ray import tune
 
     ckpt = tune.get_checkpoint()
-    if ckpt is None:
-        return
     local = out / "checkpoint"
 
     def take() -> None:
-        with ckpt.as_directory() as d:  # a download, from object storage
+        source = ckpt
+        stored = _newest_stored_checkpoint()
+        if stored is not None and (ckpt is None or stored[0] > _tasks_of(ckpt)):
+            source = stored[1]
+        if source is None:
+            return
+        with source.as_directory() as d:  # a download, from object storage
             if _tasks_in(Path(d)) > _tasks_in(local):
                 tmp = out / "checkpoint.incoming"
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -140,7 +149,54 @@ def _take_ray_checkpoint(out: Path) -> None:
                 shutil.rmtree(local, ignore_errors=True)
                 os.replace(tmp, local)
 
-    retrying(take, f"storage of {ckpt.path}", what="reading the trial's checkpoint")
+    retrying(take, "storage of the trial's checkpoints", what="reading the trial's checkpoint")
+
+
+def _tasks_of(ckpt: Any) -> int:
+    """Tasks in a Tune checkpoint, read from its meta.json where it lies (a small read, not the state)."""
+    try:
+        with ckpt.filesystem.open_input_stream(f"{ckpt.path}/{META}") as f:
+            return int(json.loads(f.read())["tasks_completed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _newest_stored_checkpoint() -> tuple[int, Any] | None:
+    """(tasks, Checkpoint) of the trial's ``checkpoint_NNNNNN`` dir in Tune's storage holding the most tasks;
+    None if it has none. Tune's checkpoint index moves past every such dir, so that the next report adds a
+    dir rather than write into one an earlier attempt left."""
+    from ray.train._internal.session import get_session
+
+    storage = getattr(get_session(), "storage", None)
+    if storage is None:
+        return None
+    best, top = newest_checkpoint_in(storage.storage_filesystem, storage.trial_fs_path)
+    if top >= 0 and storage.current_checkpoint_index <= top:
+        storage.current_checkpoint_index = top + 1
+    return best
+
+
+def newest_checkpoint_in(fs: Any, trial_path: str) -> tuple[tuple[int, Any] | None, int]:
+    """((tasks, Checkpoint) of the ``checkpoint_NNNNNN`` dir under ``trial_path`` holding the most tasks, or
+    None), and the highest NNNNNN there (-1: none)."""
+    from pyarrow import fs as pafs
+    from ray.train import Checkpoint
+
+    best: tuple[int, Any] | None = None
+    top = -1
+    for info in fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True)):
+        name = info.path.rstrip("/").rsplit("/", 1)[-1]
+        if info.type != pafs.FileType.Directory or not name.startswith("checkpoint_"):
+            continue
+        try:
+            top = max(top, int(name.split("_", 1)[1]))
+        except ValueError:
+            continue
+        c = Checkpoint(path=info.path, filesystem=fs)
+        tasks = _tasks_of(c)
+        if tasks > 0 and (best is None or tasks > best[0]):
+            best = (tasks, c)
+    return best, top
 
 
 def _report(metrics: dict[str, Any], checkpoint: Any) -> None:

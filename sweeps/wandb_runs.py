@@ -262,6 +262,7 @@ class RunLog:
                 self._last = step
         for d in earlier:  # out of the offline-run-* pattern: `wandb sync` uploads this run alone
             d.rename(d.with_name("replaced-run-" + d.name.removeprefix("offline-run-")))
+            _forget_in_bucket(self.spec.root, d)
         self._journal = open(rows_path, "a") if rows_path else None  # noqa: SIM115 - closed in finish
         self.state = "logging"
 
@@ -329,6 +330,23 @@ class RunLog:
         if not self.spec.run_id or not self.spec.root:
             return []
         return sorted(Path(self.spec.root, "wandb").glob(f"offline-run-*-{self.spec.run_id}"))
+
+
+def _forget_in_bucket(root: str, old: Path) -> None:
+    """A run folder renamed in a staged sweep goes from the bucket by its old name too: the staging dir's
+    next upload brings the new name, and without this the bucket kept both, two ``offline-run-*`` folders of
+    one trial (seen after a head was lost and the sweep resumed). Best effort: a note if it fails."""
+    from pah import storage
+
+    remote = storage.remote_of(root)
+    if remote is None:
+        return
+    uri = storage.join(remote, "wandb", old.name)
+    try:
+        storage.delete_tree(uri)
+    except Exception as e:  # noqa: BLE001 - the bucket keeps a stale copy; `wandb sync` would upload it twice
+        print(f"note: could not remove {uri} ({type(e).__name__}: {e}); remove it before `wandb sync`",
+              file=sys.stderr, flush=True)
 
 
 class SharedWandbActor:

@@ -188,10 +188,10 @@ def _mid_trial_on(cluster: NetnsCluster, fs, prefix: str, nodes: tuple[str, ...]
 
 
 def _wait_mid_trial(cluster, fs, prefix: str, nodes: tuple[str, ...], proc, log: Path, t0: float,
-                    also=lambda files: True) -> str:
+                    also=lambda files, tid: True) -> str:
     victim = None
     while time.monotonic() - t0 < 180 and proc.poll() is None:
-        if (victim := _mid_trial_on(cluster, fs, prefix, nodes)) and also(_files(fs, prefix)):
+        if (victim := _mid_trial_on(cluster, fs, prefix, nodes)) and also(_files(fs, prefix), victim):
             return victim
         time.sleep(0.3)
     os.killpg(proc.pid, 9)
@@ -446,7 +446,10 @@ def test_the_head_lost_a_fresh_head_resumes_the_sweep_from_the_bucket(cloud, tmp
     log = tmp_path / "out.txt"
     spec = _tiny_spec(tmp_path / f"{name}.yaml", epochs=epochs)
     proc = _launch(cluster, spec, name, log, request, env={"PAH_LOST_CLUSTER_S": str(LOST_S)})
-    victim = _wait_mid_trial(cluster, fs, prefix, tuple(workers), proc, log, t0, also=lambda f: _finished(f))
+    # a trial the restore can continue: one finished, and the victim named in the experiment state in the bucket
+    # (a trial started after the last snapshot reached the bucket is orphaned by the restore: docs/cloud.md)
+    victim = _wait_mid_trial(cluster, fs, prefix, tuple(workers), proc, log, t0,
+                             also=lambda f, tid: _finished(f) and _in_snapshot(fs, prefix, f, tid))
     mark = "/tmp/pah-old-head-mark"
     assert cluster.sh("head", f"touch {mark} && ls /tmp/ray").returncode == 0
     hit = cluster.pids("head")
@@ -483,6 +486,11 @@ def test_the_head_lost_a_fresh_head_resumes_the_sweep_from_the_bucket(cloud, tmp
           f"{t_lost - t0:.0f} s into the sweep: `pah launch ray` said so {lost_s:.0f} s later; a fresh head up in "
           f"{t_workers - t_head:.0f} s, {len(workers)} worker(s) in {t_relaunch - t_workers:.0f} s; the sweep resumed "
           f"and ended in {t_done - t_relaunch:.0f} s; {time.monotonic() - t0:.0f} s in all")
+
+
+def _in_snapshot(fs, prefix: str, files: list[str], tid: str) -> bool:
+    """Trial ``tid`` is named in an experiment state of Tune's in the bucket: the snapshot a restore starts from."""
+    return any(rel.startswith("tune/search/experiment_state-") and tid in _read(fs, f"{prefix}/{rel}") for rel in files)
 
 
 #: seconds `pah launch ray` waits for a silent cluster before it reports it lost (PAH_LOST_CLUSTER_S)

@@ -124,21 +124,15 @@ def test_sweep_on_s3_killed_driver_resume_and_analyze(tmp_path, s3):
     def trial_ids() -> set[str]:
         return {rel.split("/")[2] for rel in _files(fs, prefix) if rel.startswith("trials/search/")}
 
-    def known_to_tune(tid: str) -> bool:
-        """The experiment state a restore starts from names a task checkpoint of ``tid`` (a trial
-        killed before that snapshot restarts its first task, which is the task in progress)."""
-        for rel in _files(fs, f"{prefix}/tune/search"):
-            if not rel.startswith("experiment_state-"):
-                continue
-            try:
-                trials = json.loads(_read(fs, f"{prefix}/tune/search/{rel}"))["trial_data"]
-            except (ValueError, KeyError):
-                continue  # being written
-            for _, meta in trials:
-                last = (json.loads(meta) if isinstance(meta, str) else meta).get("last_result") or {}
-                if last.get("trial_id") == tid and last.get("checkpoint_dir_name") and last.get("tasks_completed", 0) >= 1:
-                    return True
-        return False
+    def checkpointed(tid: str) -> bool:
+        """The experiment state a restore starts from names ``tid`` (else a restore orphans it), and a task
+        checkpoint of it is in the bucket, whether or not that state knows of the checkpoint yet (a trial
+        whose reports came after Tune's last snapshot resumes from the newest of its checkpoints all the same:
+        sweeps.trainable._newest_stored_checkpoint)."""
+        rels = _files(fs, f"{prefix}/tune/search")
+        named = any(rel.startswith("experiment_state-") and tid.encode() in _read(fs, f"{prefix}/tune/search/{rel}")
+                    for rel in rels)
+        return named and any(f"_{tid}_" in rel and "/checkpoint_" in rel and rel.endswith("/meta.json") for rel in rels)
 
     def mid_sweep():
         files = _files(fs, prefix)
@@ -146,7 +140,7 @@ def test_sweep_on_s3_killed_driver_resume_and_analyze(tmp_path, s3):
         done = {t for t in ids if f"trials/search/{t}/result.json" in files}
         busy = {t for t in ids - done
                 if any("trained task" in ln for ln in _log_lines(fs, f"{prefix}/trials/search/{t}/log.txt"))
-                and known_to_tune(t)}
+                and checkpointed(t)}
         return (done, busy) if done and busy else None
 
     t0 = time.monotonic()
@@ -375,3 +369,62 @@ def test_wandb_rows_of_a_trial_are_rebuilt_from_the_bucket(tmp_path, s3, monkeyp
     assert rows[-1]["avg_acc"] == pytest.approx((0.8 + 0.95) / 2)
     assert task_rows(staging, "never") == []
     assert task_rows(tmp_path / "not-staging", "done1") == []  # a sweep dir that mirrors no bucket
+
+
+def test_the_newest_task_checkpoint_in_the_bucket_is_found_though_tune_never_heard_of_it(s3):
+    """A restore from a snapshot older than a trial's last reports hands the trial no checkpoint (or an old
+    one); its task checkpoints in the bucket are found all the same, the one with the most tasks, and the
+    highest checkpoint index so that the next report writes a new dir (seen: a trial two tasks in started
+    over from none after its head was lost)."""
+    from sweeps.trainable import newest_checkpoint_in
+
+    _, fs = s3
+    trial = f"{BUCKET}/newest/tune/search/pah_trial_abc12345_4_train"
+    assert newest_checkpoint_in(fs, trial) == (None, -1)  # nothing there yet
+    for index, tasks in ((0, 1), (1, 2), (3, 1), (2, 0)):  # an older attempt's dir with a higher index; one unfinished
+        d = f"{trial}/checkpoint_{index:06d}"
+        fs.create_dir(d)
+        if tasks:
+            with fs.open_output_stream(f"{d}/meta.json") as f:
+                f.write(json.dumps({"tasks_completed": tasks}).encode())
+        with fs.open_output_stream(f"{d}/state.pt") as f:
+            f.write(b"x" * tasks)
+    with fs.open_output_stream(f"{trial}/checkpoint_junk/meta.json") as f:  # not Tune's name: ignored
+        f.write(b'{"tasks_completed": 9}')
+    best, top = newest_checkpoint_in(fs, trial)
+    assert top == 3
+    assert best is not None and best[0] == 2 and best[1].path.endswith("checkpoint_000001")
+    with best[1].as_directory() as d:  # what the trial copies in: the files of that checkpoint
+        assert json.loads((Path(d) / "meta.json").read_text()) == {"tasks_completed": 2}
+
+
+def test_a_replaced_wandb_run_leaves_the_bucket_by_its_old_name(tmp_path, s3, monkeypatch):
+    """A trial's W&B run reopened by a new driver (its head lost): the earlier run's folder is renamed to
+    replaced-run-* in the staging copy, and goes from the bucket by its old name, or the bucket would hold
+    two offline-run-* folders of one trial (seen in tests/test_cloud_nodes.py under load)."""
+    from pah import storage
+    from sweeps.wandb_runs import _forget_in_bucket
+
+    endpoint, _ = s3
+    for k, v in _s3_env(endpoint).items():
+        monkeypatch.setenv(k, v)
+    uri = f"s3://{BUCKET}/replaced"
+    staging = tmp_path / "staging"
+    storage.mark_staging(staging, uri)
+    old = staging / "wandb" / "offline-run-20261202_185303-e877ed07"
+    (old / "files").mkdir(parents=True)
+    (old / "run-e877ed07.wandb").write_bytes(b"rows")
+    (old / "files" / "config.yaml").write_text("a: 1\n")
+    storage.upload(staging / "wandb", f"{uri}/wandb")
+    other = f"{uri}/wandb/offline-run-20261202_185306-f2d4eb3b/run-f2d4eb3b.wandb"
+    storage.write_bytes(other, b"another trial's")
+    assert storage.read_bytes(f"{uri}/wandb/{old.name}/run-e877ed07.wandb") == b"rows"
+
+    old.rename(old.with_name("replaced-run-20261202_185303-e877ed07"))
+    _forget_in_bucket(str(staging), old)
+    storage.upload(staging / "wandb", f"{uri}/wandb")
+    assert storage.read_bytes(f"{uri}/wandb/{old.name}/run-e877ed07.wandb") is None
+    assert storage.read_bytes(f"{uri}/wandb/{old.name}/files/config.yaml") is None
+    assert storage.read_bytes(f"{uri}/wandb/replaced-run-20261202_185303-e877ed07/run-e877ed07.wandb") == b"rows"
+    assert storage.read_bytes(other) == b"another trial's"  # nothing else
+    _forget_in_bucket(str(tmp_path / "not-staging"), old)  # a sweep dir that mirrors no bucket: nothing to do
