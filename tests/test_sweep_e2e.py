@@ -263,7 +263,9 @@ def test_killed_worker_resumes_from_its_task_checkpoint(tmp_path):
 def test_killed_driver_then_resume_finishes_without_retraining(tmp_path):
     spec = _write_spec(
         tmp_path / "four.yaml",
-        set={"train.epochs_per_task": 3},
+        # 6 epochs a task: at 3 a trial took 1-2 s on the quiet VM, and once the sweep ended before a trial was
+        # seen half-trained in a snapshot (the window this test needs)
+        set={"train.epochs_per_task": 6},
         space={"train.lr": {"loguniform": [0.001, 0.005]}},
         searcher="optuna-tpe", num_samples=4, scheduler="none",
         confirm={"top_k": 1, "seeds": [0, 1]}, wandb={"mode": "offline"},
