@@ -59,10 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         signals.own()
     try:
-        return _main(argv)
+        code = _main(argv)
     finally:
         if argv is None:  # the outcome is decided: only the interpreter's exit hooks are left
             signals.take(signals.exit_at_once)
+    if argv is None:
+        signals.end(code)  # work that left its teardown to the process's end (a sweep's Ray after a signal)
+    return code
 
 
 def _main(argv: list[str] | None) -> int:

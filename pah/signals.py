@@ -11,7 +11,13 @@ main program (``pah.cli.main()`` with no ``argv``) it owns the signals:
   line;
 - once the command's outcome is decided (its error line said, or its exit code known): a signal
   ends the process at once (``exit_at_once``), since the interpreter's own shutdown (Ray's and
-  W&B's exit hooks) is all that is left.
+  W&B's exit hooks) is all that is left;
+- work that ended on a signal may leave its teardown to the process's end (``end_at_exit``): the
+  CLI then ends the process with ``os._exit`` and the exit code it decided, and a reaper that
+  waits for it to be gone does the rest. A sweep does this with its private Ray: Ray 2.60's
+  ``ray.shutdown()`` can end the process on the spot with exit code 1 while trial actors that
+  Tune just stopped are still dying (its core worker "Exiting because the Raylet IPC connection
+  failed"; CI saw 1 instead of 143 after a SIGTERM, its line said).
 
 Called in-process (tests, a notebook), nothing here is installed: the caller keeps its handlers.
 """
@@ -26,7 +32,7 @@ from collections.abc import Callable
 
 from pah.errors import Interrupted
 
-__all__ = ["OWNED", "own", "raise_interrupted", "exit_at_once", "take"]
+__all__ = ["OWNED", "own", "raise_interrupted", "exit_at_once", "take", "end_at_exit", "end"]
 
 #: the signals a ``pah`` process answers
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -34,17 +40,24 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: True once the CLI runs as the process's main program (``own``)
 OWNED = False
 
+#: what ``end_at_exit`` left to the process's end: a reaper's shell command, or None
+_LEFT: list[str] | None = None
+
 
 def raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted(f"interrupted by {signal.Signals(signum).name}", signum)
 
 
-def exit_at_once(signum: int, frame: object) -> None:
+def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:  # a closed or broken stream: nothing more to say on it
             pass
+
+
+def exit_at_once(signum: int, frame: object) -> None:
+    _flush()
     os._exit(128 + signum)
 
 
@@ -62,3 +75,36 @@ def own() -> None:
     OWNED = True
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, raise_interrupted)
+
+
+def end_at_exit(reaper: str | None = None) -> bool:
+    """Leave the rest of the teardown to the process's end (only when ``OWNED``; returns whether it
+    was taken): the CLI ends the process with ``os._exit`` once the command returns (``end``), after
+    starting ``reaper``, a shell command run in a session of its own once this process is gone
+    (its ``$PAH_PID``); the kernel has by then ended the children that share this process's fate."""
+    global _LEFT
+    if not OWNED:
+        return False
+    _LEFT = (_LEFT or []) + ([reaper] if reaper else [])
+    return True
+
+
+def end(code: int) -> None:
+    """If work left its teardown to the process's end (``end_at_exit``): start its reapers and end
+    the process now with ``code``, the interpreter's exit hooks skipped; else return."""
+    if _LEFT is None:
+        return
+    import subprocess
+
+    pid = os.getpid()
+    for reaper in _LEFT:
+        try:
+            subprocess.Popen(
+                ["sh", "-c", f"while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; {reaper}"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, close_fds=True,
+            )
+        except OSError:  # no shell or no process left to start: what is left ends with its parent
+            pass
+    _flush()
+    os._exit(code)

@@ -467,20 +467,49 @@ def _ray(address: str | None, spec: Spec) -> Iterator[None]:
         )
     else:
         ray.init(address=address, log_to_driver=False, logging_level="warning")
-    said = False
+    ended: BaseException | None = None
     try:
         yield
     except BaseException as e:
-        said = bool(getattr(e, "said", False))
+        ended = e
         raise
     finally:
-        # once the sweep's error: line is out (``_said_first``), it stays the last line: what Ray's core
-        # worker logs while it disconnects ("Failed to push error to driver ...") goes nowhere
+        said = bool(getattr(ended, "said", False))
         _actors_ended()
-        with _silenced() if said else contextlib.nullcontext():
-            ray.shutdown()
-        if temp_dir is not None:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        if said and isinstance(ended, Interrupted) and _left_to_exit(temp_dir):
+            pass  # stopped by a signal, its line said: the process ends with 128 + N, Ray with it
+        else:
+            # once the sweep's error: line is out (``_said_first``), it stays the last line: what Ray's core
+            # worker logs while it disconnects ("Failed to push error to driver ...") goes nowhere
+            with _silenced() if said else contextlib.nullcontext():
+                ray.shutdown()
+            if temp_dir is not None:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _left_to_exit(temp_dir: str | None) -> bool:
+    """A sweep stopped by a signal, in a process the CLI owns: Ray's teardown is left to the process's end
+    (``pah.signals.end_at_exit``), so that its exit code is the signal's 128 + N.
+
+    ``ray.shutdown()`` can end this process on the spot with exit code 1 (Ray 2.60's core worker,
+    "Exiting because the Raylet IPC connection failed", while the trial actors Tune just stopped are
+    still dying: seen in CI after a SIGTERM, though ``_actors_ended`` waits for them). Without it, the
+    kernel ends the private Ray's raylet and GCS with this process (Ray starts them sharing its fate);
+    a reaper then ends what they leave (Ray's agents, which would notice within minutes) and removes
+    ``temp_dir``. A cluster that was joined sees its driver gone, as it would after ``ray.shutdown()``.
+    """
+    from pah import signals
+
+    reaper = None
+    if temp_dir is not None:
+        try:
+            import psutil  # Ray's own dependency
+
+            pids = " ".join(str(p.pid) for p in psutil.Process().children(recursive=True))
+        except Exception:  # noqa: BLE001 - none known: the kernel and Ray's agents' own checks end them
+            pids = ""
+        reaper = (f"kill -9 {pids} 2>/dev/null; " if pids else "") + f"rm -rf {shlex.quote(temp_dir)}"
+    return signals.end_at_exit(reaper)
 
 
 def _actors_ended(timeout: float = 15.0) -> None:
