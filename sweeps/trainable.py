@@ -26,6 +26,9 @@ __all__ = ["make_trainable", "trial_dir", "metrics_of_result", "params_of", "rea
 
 #: written next to state.pt before each report: how many tasks that checkpoint holds
 META = "meta.json"
+#: the trial's state in a checkpoint dir (pah.trial.CHECKPOINT's name), and its size as meta.json records it
+STATE = "state.pt"
+STATE_BYTES = "state_bytes"
 
 
 def trial_dir(sweep_dir: str | Path, phase: str, trial_id: str) -> Path:
@@ -177,8 +180,13 @@ def _newest_stored_checkpoint() -> tuple[int, Any] | None:
 
 
 def newest_checkpoint_in(fs: Any, trial_path: str) -> tuple[tuple[int, Any] | None, int]:
-    """((tasks, Checkpoint) of the ``checkpoint_NNNNNN`` dir under ``trial_path`` holding the most tasks, or
-    None), and the highest NNNNNN there (-1: none)."""
+    """((tasks, Checkpoint) of the complete ``checkpoint_NNNNNN`` dir under ``trial_path`` holding the most
+    tasks, or None), and the highest NNNNNN there (-1: none).
+
+    Complete: its ``state.pt`` is there with the size its ``meta.json`` recorded (``STATE_BYTES``). A node
+    lost while Tune uploaded the dir leaves it part-written (seen: meta.json without state.pt; a trial took
+    it for two tasks done, found no state and trained from task 1). Tune's own checkpoints are whole (it
+    records one only once uploaded); the dirs it never heard of must be checked."""
     from pyarrow import fs as pafs
     from ray.train import Checkpoint
 
@@ -192,11 +200,26 @@ def newest_checkpoint_in(fs: Any, trial_path: str) -> tuple[tuple[int, Any] | No
             top = max(top, int(name.split("_", 1)[1]))
         except ValueError:
             continue
-        c = Checkpoint(path=info.path, filesystem=fs)
-        tasks = _tasks_of(c)
+        tasks = _complete_tasks(fs, info.path)
         if tasks > 0 and (best is None or tasks > best[0]):
-            best = (tasks, c)
+            best = (tasks, Checkpoint(path=info.path, filesystem=fs))
     return best, top
+
+
+def _complete_tasks(fs: Any, path: str) -> int:
+    """Tasks in the checkpoint dir ``path`` on ``fs``; 0 if it is not complete (see ``newest_checkpoint_in``)."""
+    from pyarrow import fs as pafs
+
+    try:
+        with fs.open_input_stream(f"{path}/{META}") as f:
+            meta = json.loads(f.read())
+        tasks, size = int(meta["tasks_completed"]), meta.get(STATE_BYTES)
+        state = fs.get_file_info(f"{path}/{STATE}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    if state.type != pafs.FileType.File or not state.size or (size is not None and state.size != size):
+        return 0
+    return tasks
 
 
 def _report(metrics: dict[str, Any], checkpoint: Any) -> None:
@@ -377,7 +400,8 @@ def make_trainable(
             time.sleep(wait)
 
         def on_task_end(r) -> None:
-            atomic_write_json(r.checkpoint_dir / META, {"tasks_completed": r.task + 1})
+            atomic_write_json(r.checkpoint_dir / META, {"tasks_completed": r.task + 1,
+                                                        STATE_BYTES: (r.checkpoint_dir / STATE).stat().st_size})
             _log(out, f"trained task {r.task + 1}/{r.num_tasks}")
             push()
             if r.task + 1 < r.num_tasks:  # the last task is reported once result.json exists (below)

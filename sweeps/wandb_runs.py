@@ -520,22 +520,22 @@ def task_rows(root: str | Path | None, run_id: str | None) -> list[dict[str, Any
     if found:
         return _rows_of_result(found[0].read_bytes())
     found = sorted(Path(root).glob(f"trials/*/{run_id}/checkpoint/state.pt"))
-    if found:
-        return _rows_of_state(found[0].read_bytes())
+    rows = _rows_of_state(found[0].read_bytes()) if found else []
     remote = storage.remote_of(root)
     if remote is None:
-        return []
-    try:
+        return rows
+    try:  # the staging copy may hold an older checkpoint than the bucket's newest: the most rows win
         for phase in ("search", "confirm"):
             data = storage.read_bytes(storage.join(remote, "trials", phase, run_id, "result.json"))
             if data is not None:
                 return _rows_of_result(data)
         newest = _newest_remote_checkpoint(remote, run_id)
-        return _rows_of_state(storage.read_bytes(newest)) if newest else []
+        stored = _rows_of_state(storage.read_bytes(newest)) if newest else []
     except OSError as e:  # the bucket out of reach: the rows stay missing, and the run says so
         print(f"warning: the W&B rows of trial {run_id} could not be rebuilt from {remote} ({e})",
               file=sys.stderr, flush=True)
-        return []
+        return rows
+    return max(rows, stored, key=len)
 
 
 def _rows_of(acc: list[list[float]], val: list[list[float]] | None) -> list[dict[str, Any]]:
@@ -574,10 +574,12 @@ def _rows_of_state(data: bytes | None) -> list[dict[str, Any]]:
 
 
 def _newest_remote_checkpoint(remote: str, run_id: str) -> str | None:
-    """``state.pt`` of the newest Tune checkpoint of trial ``run_id`` under ``remote``/tune, or None."""
+    """``state.pt`` of the complete Tune checkpoint of trial ``run_id`` under ``remote``/tune holding the most
+    tasks (``sweeps.trainable.newest_checkpoint_in``), or None."""
     import pyarrow.fs as pafs
 
     from pah import storage
+    from sweeps.trainable import STATE, newest_checkpoint_in
 
     fs, root = storage.resolve(storage.join(remote, "tune"))
 
@@ -585,18 +587,16 @@ def _newest_remote_checkpoint(remote: str, run_id: str) -> str | None:
         sel = pafs.FileSelector(path, allow_not_found=True)
         return [i.path for i in fs.get_file_info(sel) if i.type == pafs.FileType.Directory]
 
-    best = None
+    best: tuple[int, Any] | None = None
     for phase in dirs(root):
         for trial in dirs(phase):
             if f"_{run_id}_" not in trial.rsplit("/", 1)[-1] + "_":
                 continue
-            for ckpt in dirs(trial):
-                name = ckpt.rsplit("/", 1)[-1]
-                if name.startswith("checkpoint_") and (best is None or name > best.rsplit("/", 1)[-1]):
-                    if fs.get_file_info(f"{ckpt}/state.pt").type == pafs.FileType.File:
-                        best = ckpt
+            found, _ = newest_checkpoint_in(fs, trial)
+            if found is not None and (best is None or found[0] > best[0]):
+                best = found
     scheme = remote.split("://", 1)[0]
-    return f"{scheme}://{best}/state.pt" if best else None
+    return f"{scheme}://{best[1].path}/{STATE}" if best else None
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:

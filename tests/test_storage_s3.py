@@ -361,10 +361,19 @@ def test_wandb_rows_of_a_trial_are_rebuilt_from_the_bucket(tmp_path, s3, monkeyp
     older = io.BytesIO()
     torch.save({"acc_rows": acc[:1], "val_rows": [], "config": {"data": {"val_fraction": 0}}}, older)
     trial = f"{uri}/tune/search/pah_trial_half1_2_lr=0.002_2026-12-02"
-    storage.write_bytes(f"{trial}/checkpoint_000000/state.pt", older.getvalue())
-    storage.write_bytes(f"{trial}/checkpoint_000001/state.pt", buf.getvalue())
-    storage.write_bytes(f"{uri}/tune/search/pah_trial_other_3_lr=0.003/checkpoint_000009/state.pt", b"not this")
-    rows = task_rows(staging, "half1")  # the newest checkpoint: 2 tasks
+    for index, state in enumerate((older, buf)):  # each with its meta.json, as a trial writes them
+        storage.write_bytes(f"{trial}/checkpoint_{index:06d}/state.pt", state.getvalue())
+        storage.write_bytes(f"{trial}/checkpoint_{index:06d}/meta.json",
+                            json.dumps({"tasks_completed": index + 1, "state_bytes": len(state.getvalue())}).encode())
+    # part-written by a node lost mid-upload: not the newest
+    storage.write_bytes(f"{trial}/checkpoint_000002/meta.json", b'{"tasks_completed": 3, "state_bytes": 9}')
+    other = f"{uri}/tune/search/pah_trial_other_3_lr=0.003/checkpoint_000009"
+    storage.write_bytes(f"{other}/state.pt", b"not this")
+    storage.write_bytes(f"{other}/meta.json", b'{"tasks_completed": 3}')
+    stale = staging / "trials" / "search" / "half1" / "checkpoint" / "state.pt"  # the staging copy's, older
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(older.getvalue())
+    rows = task_rows(staging, "half1")  # the newest complete checkpoint in the bucket: 2 tasks
     assert [r["tasks_completed"] for r in rows] == [1, 2]
     assert rows[-1]["avg_acc"] == pytest.approx((0.8 + 0.95) / 2)
     assert task_rows(staging, "never") == []
@@ -375,7 +384,8 @@ def test_the_newest_task_checkpoint_in_the_bucket_is_found_though_tune_never_hea
     """A restore from a snapshot older than a trial's last reports hands the trial no checkpoint (or an old
     one); its task checkpoints in the bucket are found all the same, the one with the most tasks, and the
     highest checkpoint index so that the next report writes a new dir (seen: a trial two tasks in started
-    over from none after its head was lost)."""
+    over from none after its head was lost); a dir a lost node left part-written is not one of them (seen: a
+    trial took meta.json without state.pt for two tasks done, and trained from task 1)."""
     from sweeps.trainable import newest_checkpoint_in
 
     _, fs = s3
@@ -391,8 +401,15 @@ def test_the_newest_task_checkpoint_in_the_bucket_is_found_though_tune_never_hea
             f.write(b"x" * tasks)
     with fs.open_output_stream(f"{trial}/checkpoint_junk/meta.json") as f:  # not Tune's name: ignored
         f.write(b'{"tasks_completed": 9}')
+    # part-written by a node lost mid-upload: meta.json without state.pt, a state.pt short of its recorded size
+    with fs.open_output_stream(f"{trial}/checkpoint_000004/meta.json") as f:
+        f.write(b'{"tasks_completed": 5}')
+    with fs.open_output_stream(f"{trial}/checkpoint_000005/meta.json") as f:
+        f.write(b'{"tasks_completed": 4, "state_bytes": 100}')
+    with fs.open_output_stream(f"{trial}/checkpoint_000005/state.pt") as f:
+        f.write(b"xxx")
     best, top = newest_checkpoint_in(fs, trial)
-    assert top == 3
+    assert top == 5
     assert best is not None and best[0] == 2 and best[1].path.endswith("checkpoint_000001")
     with best[1].as_directory() as d:  # what the trial copies in: the files of that checkpoint
         assert json.loads((Path(d) / "meta.json").read_text()) == {"tasks_completed": 2}
