@@ -66,9 +66,9 @@ def resolve(uri: str, *, quick: bool = False) -> tuple[Any, str]:
     return fs, path
 
 
-def check(uri: str, option: str = "--storage", *, write: bool = True) -> None:
-    """Fail (UserError) unless ``uri`` is writable (``write``) or exists: bucket there, credentials
-    accepted, endpoint reachable; in seconds."""
+def check(uri: str, option: str = "--storage", *, write: bool = True, probe: str = ".pah-write-test") -> None:
+    """Fail (UserError) unless ``uri`` is writable (``write``: the object ``probe`` written and deleted) or
+    exists: bucket there, credentials accepted, endpoint reachable; in seconds."""
     import pyarrow.fs as pafs
 
     fs, path = resolve(uri, quick=True)
@@ -81,7 +81,7 @@ def check(uri: str, option: str = "--storage", *, write: bool = True) -> None:
             if fs.get_file_info(path).type == pafs.FileType.NotFound:
                 raise UserError(f"{option} {uri}: nothing there")
             return
-        probe = f"{path.rstrip('/')}/.pah-write-test"
+        probe = f"{path.rstrip('/')}/{probe}"
         with fs.open_output_stream(probe) as f:
             f.write(b"ok")
         fs.delete_file(probe)

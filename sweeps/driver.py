@@ -160,6 +160,8 @@ def _run_sweep(
     interrupts = Interrupts(resume_cmd)
     with _aborts(interrupts), interrupts, _ray(address, spec_obj), _said_first(interrupts):
         interrupts.install()  # ray.init sets a SIGTERM handler of its own
+        if remote:
+            _storage_on_every_node(remote)
         if not state["phases"]["search"]["done"]:
             _run_phase(sweep_dir, spec_obj, state, "search", progress, interrupts)
         interrupts.check()
@@ -219,6 +221,69 @@ def _aborts(interrupts: Interrupts) -> Iterator[None]:
         if interrupts.aborted:
             raise interrupts.abort_error() from None
         raise
+
+
+#: seconds the other nodes have to answer the storage check before the sweep goes on without their answers
+NODE_CHECK_S = 60.0
+
+
+def _storage_on_every_node(uri: str, timeout: float = NODE_CHECK_S) -> None:
+    """``--storage URI`` checked from every other Ray node with CPUs, as this process checked it before Ray.
+
+    On a cluster without a shared filesystem each trial reads and writes the bucket from its own node, with
+    that node's credentials and network (an instance role, a VPC endpoint). A node that cannot use it would
+    fail every trial placed on it, one storage timeout each, and use up their ``max_failures``. Instead a
+    ``UserError`` (exit 2) names the node and the cause before any trial starts: a zero-CPU Ray task pinned
+    to each node runs ``pah.storage.check`` there (a probe object written and deleted).
+
+    Only a node's own answer fails the sweep. A node that dies or is declared dead meanwhile (a node lost
+    just before the sweep, still listed) is a fault like any node lost later, and one that does not answer
+    within ``timeout`` (busy, or going away) is a note: the sweep goes on, its tasks cancelled.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    nodes = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes()
+             if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0 and n["NodeID"] != here}
+    if not nodes:
+        return
+    # max_calls=1: the worker process that ran the check ends with it, and never becomes a trial's (with the
+    # check's S3 client still in it; the joining-node test hung twice in four runs of an earlier form of this)
+    check = ray.remote(num_cpus=0, max_retries=0, max_calls=1)(_check_here)
+    refs = {check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(uri): node
+            for node in nodes}
+    done, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+    for ref in late:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True)
+    for ref in done:
+        try:
+            why = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - the node died, or the task could not run there: not its answer
+            print(f"note: the Ray node {nodes[refs[ref]]} did not check --storage ({type(e).__name__}); going on",
+                  file=sys.stderr, flush=True)
+            continue
+        if why:
+            cause = why.split(": ", 1)[1] if why.startswith(f"--storage {uri}: ") else why
+            raise UserError(f"--storage {uri} is not usable from the Ray node {nodes[refs[ref]]}: {cause}; "
+                            "give every node the same access to it (credentials, endpoint, network)")
+    if late:
+        print(f"note: {len(late)} Ray node(s) did not answer the storage check within {timeout:.0f} s "
+              f"({', '.join(nodes[refs[r]] for r in late)}); going on", file=sys.stderr, flush=True)
+
+
+def _check_here(uri: str) -> str | None:
+    """On a Ray node: why ``uri`` is not usable from it (``pah.storage.check``'s message), or None."""
+    import socket
+
+    from pah import storage
+
+    try:  # a probe of its own: the nodes check at the same time
+        storage.check(uri, probe=f".pah-write-test-{socket.gethostname()}-{os.getpid()}")
+    except UserError as e:
+        return str(e)
+    return None
 
 
 @contextlib.contextmanager

@@ -7,8 +7,8 @@ moves between nodes only through the bucket. The sweeps are submitted from this 
 user would: ``pah launch ray SPEC --address http://HEAD:8265 --storage s3://...``.
 
 The worker node lost comes first (its sweep runs on both workers), then the node joining: it starts
-with the one worker the loss left, and adds a third; then the partition of that third node, and
-last the head lost.
+with the one worker the loss left, and adds a third; then the partition of that third node, the
+head lost, and last a node that cannot reach the bucket, which fails a sweep in one line.
 """
 
 from __future__ import annotations
@@ -495,3 +495,29 @@ def _in_snapshot(fs, prefix: str, files: list[str], tid: str) -> bool:
 
 #: seconds `pah launch ray` waits for a silent cluster before it reports it lost (PAH_LOST_CLUSTER_S)
 LOST_S = 8
+
+
+# --------------------------------------------------------------------------- a node that cannot reach the bucket
+
+
+def test_a_worker_node_that_cannot_reach_the_bucket_fails_the_sweep_in_one_line_naming_it(cloud, tmp_path, request):
+    """A node joins whose network cannot reach the bucket (its endpoint a closed port, as a node outside the
+    bucket's VPC endpoint would be): the sweep fails before any trial trains, in one `error:` line from the
+    driver naming that node and the cause, and does not hang; the node is then taken away again."""
+    cluster, fs = cloud
+    bad = cluster.add_worker("w4", env={"PAH_NETNS_S3_ENDPOINT": f"http://{cluster.head_ip}:1"})
+    request.addfinalizer(lambda: cluster.kill("w4"))
+    t0 = time.monotonic()
+    name = "unreachable"
+    log = tmp_path / "out.txt"
+    proc = _launch(cluster, _tiny_spec(tmp_path / f"{name}.yaml", epochs=1), name, log, request)
+    out = _wait(proc, log, 240)
+    assert proc.returncode == 1 and "state: FAILED" in out, out[-4000:]
+    said = [ln for ln in out.splitlines() if ln.startswith("error: --storage")]
+    assert len(said) == 1, out[-4000:]
+    assert f"is not usable from the Ray node {bad}:" in said[0], said[0]
+    assert f"cannot reach the endpoint http://{cluster.head_ip}:1" in said[0], said[0]
+    assert not any(ip in said[0] for node, ip in cluster.workers.items() if node != "w4"), said[0]  # not blamed
+    trained = [rel for rel in _files(fs, f"{BUCKET}/sweeps/{name}") if rel.startswith("trials/")]
+    assert trained == [], trained  # nothing started
+    print(f"failed in {time.monotonic() - t0:.0f} s: {said[0]}")
