@@ -80,8 +80,8 @@ def own() -> None:
 def end_at_exit(reaper: str | None = None) -> bool:
     """Leave the rest of the teardown to the process's end (only when ``OWNED``; returns whether it
     was taken): the CLI ends the process with ``os._exit`` once the command returns (``end``), after
-    starting ``reaper``, a shell command run in a session of its own once this process is gone
-    (its ``$PAH_PID``); the kernel has by then ended the children that share this process's fate."""
+    starting ``reaper``, a shell command run in a session of its own once this process is gone; the
+    kernel has by then ended the children that share this process's fate."""
     global _LEFT
     if not OWNED:
         return False

@@ -541,9 +541,8 @@ def _ray(address: str | None, spec: Spec) -> Iterator[None]:
     finally:
         said = bool(getattr(ended, "said", False))
         _actors_ended()
-        if said and isinstance(ended, Interrupted) and _left_to_exit(temp_dir):
-            pass  # stopped by a signal, its line said: the process ends with 128 + N, Ray with it
-        else:
+        # stopped by a signal, its line said: the process ends with 128 + N, and Ray with it (``_left_to_exit``)
+        if not (said and isinstance(ended, Interrupted) and _left_to_exit(temp_dir)):
             # once the sweep's error: line is out (``_said_first``), it stays the last line: what Ray's core
             # worker logs while it disconnects ("Failed to push error to driver ...") goes nowhere
             with _silenced() if said else contextlib.nullcontext():
