@@ -777,10 +777,12 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
     from sweeps.progress import ConciseProgress
     from sweeps.snapshot import (
         SnapshotGuard,
+        SyncFailures,
         fill_missing_checkpoints,
         new_trials_where_restored,
         pace_tune_snapshots,
         repair,
+        saves_wait_for_room,
     )
     from sweeps.trainable import make_trainable
 
@@ -791,6 +793,7 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
     # trial's own directory is scratch on its node, so there Tune's snapshot must name each newest
     # checkpoint as soon as it is reported: a snapshot after every checkpoint, as Ray does.
     pace_tune_snapshots(force_on_checkpoint=bool(remote))
+    saves_wait_for_room()
     tune_root = storage_mod.join(remote, "tune") if remote else str(sweep_dir / "tune")
     candidates = state["phases"]["confirm"].get("candidates") if phase == "confirm" else None
     pack = spec.resources.pack
@@ -892,7 +895,8 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
     _save(sweep_dir, state)
     handles = start_packers(packers, capacity=pack, cpus=spec.resources.cpus * pack, gpus=spec.resources.gpus) if packers else []
     try:
-        with interrupts.fitting() if interrupts is not None else contextlib.nullcontext():
+        with (interrupts.fitting() if interrupts is not None else contextlib.nullcontext(),
+              SyncFailures(f"storage {restore_path}" if remote else f"disk of {exp_path}")):
             grid = tuner.fit()  # returns after an interrupt too: what ended is counted below
     finally:
         stop_packers(handles)

@@ -23,15 +23,19 @@ the file's tail instead of parsing it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from ray.tune import Callback
 
+from pah.retry import Outage, retrying, transient
+
 __all__ = ["SnapshotGuard", "repair", "fill_missing_checkpoints", "pace_tune_snapshots", "fresh_failures",
-           "fresh_failures_at", "new_trials_where_restored", "BACKUP"]
+           "fresh_failures_at", "new_trials_where_restored", "saves_wait_for_room", "SyncFailures", "BACKUP"]
 
 BACKUP = ".pah-snapshot"
 STATE_GLOBS = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "basic-variant-state-*.json")
@@ -79,9 +83,15 @@ def backup(exp_dir: Path) -> None:
             pass
         if not _valid(p):
             continue
-        dst.mkdir(exist_ok=True)
         tmp = dst / f".{p.name}.tmp"
-        shutil.copy2(p, tmp)
+        try:
+            dst.mkdir(exist_ok=True)
+            shutil.copy2(p, tmp)
+        except OSError as e:
+            if transient(e) != "full":
+                raise
+            tmp.unlink(missing_ok=True)  # a full disk: the last good copy stays, the next step tries again
+            continue
         if _valid(tmp):
             os.replace(tmp, target)
 
@@ -167,6 +177,69 @@ def new_trials_where_restored() -> bool:
 
     C.resume = resume
     return True
+
+
+def saves_wait_for_room() -> bool:
+    """Make Tune's saves of its experiment state wait out a full disk (or a storage outage) in this driver
+    process, as the trials' own writes do (``pah.retry.retrying``: backoff, a line while it lasts, up to
+    ``PAH_STORAGE_RETRY_S``), instead of ending ``Tuner.fit()`` with ENOSPC.
+
+    Ray 2.60's ``TuneController.save_to_dir`` writes ``experiment_state-*.json`` and the searcher's state
+    in the experiment's staging dir (the sweep dir itself for a local sweep), unguarded; a write cut
+    short by a full disk leaves a half file, which the next attempt writes again whole (and
+    ``SnapshotGuard`` keeps the last good copy meanwhile). Returns False (and changes nothing) on a Ray
+    without this hook.
+    """
+    try:
+        from ray.tune.execution.tune_controller import TuneController as C
+    except ImportError:
+        return False
+    if not hasattr(C, "save_to_dir"):
+        return False
+    original = getattr(C, "_pah_save_to_dir", C.save_to_dir)
+    C._pah_save_to_dir = original
+
+    def save_to_dir(self, *args, **kwargs):
+        where = getattr(self._storage, "experiment_driver_staging_path", "") or "the sweep dir"
+        return retrying(lambda: original(self, *args, **kwargs), f"disk of {where}",
+                        what="saving Ray Tune's experiment state")
+
+    C.save_to_dir = save_to_dir
+    return True
+
+
+class SyncFailures(logging.Filter):
+    """Ray Tune's failed copies of its experiment state to the sweep's storage, said as storage faults are.
+
+    Ray 2.60 copies the state from a staging dir to the storage path in the background every few
+    seconds, and logs each failed copy with its whole traceback (``Last sync command failed ...``), a
+    20-line dump every 2 s while a disk is full or a bucket is down. The next copy retries it anyway.
+    Installed (``with SyncFailures(name):``) on Ray's two loggers, this drops those records whose
+    error passes by waiting (``pah.retry.transient``) and says them as a ``pah.retry.Outage`` does:
+    one line every ``PAH_STORAGE_REPORT_S``. Other records pass as they are.
+    """
+
+    LOGGERS = ("ray.train._internal.syncer", "ray.tune.execution.experiment_state")
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.outage = Outage(name, what="saving Ray Tune's experiment state")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        e = record.exc_info[1] if record.exc_info else sys.exc_info()[1]  # Ray logs inside its except clause
+        if e is None or transient(e) is None:
+            return True
+        self.outage.failed(e)
+        return False
+
+    def __enter__(self) -> SyncFailures:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
 
 
 def _repoint(search_alg, storage) -> None:

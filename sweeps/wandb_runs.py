@@ -47,7 +47,9 @@ no longer ships a Python reader for it.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import struct
 import sys
 import time
@@ -59,6 +61,7 @@ from typing import Any
 from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem
 
 from pah.io import atomic_write_bytes
+from pah.retry import retrying
 
 __all__ = ["INIT_TIMEOUT_S", "FINISH_TIMEOUT_S", "FILE_TIMEOUT_S", "read_records", "history_rows", "summary_of",
            "config_of", "is_finished", "run_is_complete", "history_exists", "warn_lost_history", "RunSpec", "RunLog",
@@ -178,6 +181,8 @@ class RunLog:
         self._run: Any = None
         self._journal = None
         self._last = 0  # steps are tasks_completed: 1, 2, ...
+        self._last_result: dict[str, Any] | None = None
+        self._rewritten = False
 
     def feed(self, item: tuple[Any, Any]) -> None:
         """Handle one ``(_QueueItem, content)`` as Tune sent it; END's content is the last result or None."""
@@ -216,21 +221,45 @@ class RunLog:
         return run
 
     def finish(self) -> None:
-        """Finish the run; return once its offline file holds the exit record."""
+        """Finish the run; return once its offline file holds the exit record.
+
+        W&B's service stops writing a run's file for good after one write failed (a full disk: every
+        later record is refused, ``transactionlog: error ...`` in the run's internal log), and the
+        exit record never comes. Such a run is written again, once, as a new run of the same id
+        from the journal (whose lines waited for room) and the last result; the broken one becomes
+        ``replaced-run-*``."""
         run = self._close()
         if run is None:
             return
-        run_file = Path(run.settings.sync_file)
+        if self._written(run) or self._rewritten:
+            return
+        self._rewritten = False
+        self._last = 0
+        self._start()
+        if self._last_result is not None:
+            self._result(self._last_result)
+        self.finish()
+
+    @staticmethod
+    def _written(run: Any) -> bool:
+        """``run.finish()``, then wait until its file holds the exit record: True; False as soon as W&B's
+        service says it could not write the file; a RuntimeError after ``FILE_TIMEOUT_S``."""
+        run_file, internal_log = Path(run.settings.sync_file), Path(run.settings.log_internal)
         run.finish()
         # finish() returns once W&B's service has the exit record; the service writes the file when it
         # closes the run's stream, which finish() asks for without waiting. Wait for it here: the run is
         # complete on disk when END answers (without it, a file kept its 7-byte header alone).
         deadline, pause = time.monotonic() + FILE_TIMEOUT_S, 0.02
         while not is_finished(run_file):
+            if _write_failed(internal_log):
+                print(f"warning: W&B could not write {run_file} (see {internal_log}): writing the run again from "
+                      "its journal", file=sys.stderr, flush=True)
+                return False
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{run_file} has no exit record {FILE_TIMEOUT_S:.0f} s after wandb's finish")
             time.sleep(pause)
             pause = min(pause * 2, 0.5)
+        return True
 
     def _give_up(self) -> None:
         run = self._close()
@@ -263,7 +292,7 @@ class RunLog:
         for d in earlier:  # out of the offline-run-* pattern: `wandb sync` uploads this run alone
             d.rename(d.with_name("replaced-run-" + d.name.removeprefix("offline-run-")))
             _forget_in_bucket(self.spec.root, d)
-        self._journal = open(rows_path, "a") if rows_path else None  # noqa: SIM115 - closed in finish
+        self._journal = open(rows_path, "ab", buffering=0) if rows_path else None  # noqa: SIM115 - closed in finish
         self.state = "logging"
 
     def _split(self, result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -284,6 +313,7 @@ class RunLog:
         return row, config
 
     def _result(self, result: dict[str, Any]) -> None:
+        self._last_result = result
         log, config_update = self._split(result)
         self._run.config.update(config_update, allow_val_change=True)
         if "tasks_completed" not in log:
@@ -312,8 +342,9 @@ class RunLog:
     def _log(self, step: int, row: dict[str, Any]) -> None:
         """To the journal first (a flushed line: a kill cannot lose it), then to W&B."""
         if self._journal is not None:
-            self._journal.write(json.dumps({"_step": step, **row}, default=str) + "\n")
-            self._journal.flush()
+            line = (json.dumps({"_step": step, **row}, default=str) + "\n").encode()
+            retrying(lambda: _append(self._journal, line), f"disk of {Path(self._journal.name).parent}",
+                     what=f"logging task {step} of W&B run {self.spec.run_id}")
         self._run.log(row, step=step)
 
     def _rows_path(self) -> Path | None:
@@ -330,6 +361,27 @@ class RunLog:
         if not self.spec.run_id or not self.spec.root:
             return []
         return sorted(Path(self.spec.root, "wandb").glob(f"offline-run-*-{self.spec.run_id}"))
+
+
+def _write_failed(internal_log: Path) -> bool:
+    """W&B's service logged that it could not write a run's transaction log (wandb-core's wording)."""
+    try:
+        return b"transactionlog: error" in internal_log.read_bytes()
+    except OSError:
+        return False
+
+
+def _append(journal, line: bytes) -> None:
+    """Append one whole line to ``journal`` (unbuffered, opened for appending), or nothing: a write cut short
+    (a full disk) is taken back, so that the retry writes the line once."""
+    size = os.fstat(journal.fileno()).st_size
+    try:
+        n = journal.write(line)
+        if n != len(line):
+            raise OSError(errno.ENOSPC, f"No space left on device (wrote {n} of {len(line)} bytes)")
+    except OSError:
+        os.ftruncate(journal.fileno(), size)
+        raise
 
 
 def _forget_in_bucket(root: str, old: Path) -> None:

@@ -8,6 +8,7 @@ The waits are tuned short by environment (pah/retry.py): backoff capped at 2 s, 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import types
+from pathlib import Path
 
 import pytest
 
@@ -317,6 +319,193 @@ def test_a_full_disk_freed_within_the_deadline_loses_nothing(tmp_path):
         result = json.loads((out / "result.json").read_text())
         assert len(result["acc_matrix"]) == 5 and len(_tasks_in(ckpt)) == 5 and 1 <= len(kept) < 5
         assert [row[: len(k)] for row, k in zip(result["acc_matrix"][: len(kept)], kept, strict=True)] == kept
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_ray_tunes_failed_state_copies_are_said_in_a_line_while_they_last(monkeypatch, capsys):
+    """Ray logs each failed copy of its experiment state with a traceback, from inside its except clause:
+    one that waiting cures becomes a warning line (at most one a report period); any other passes."""
+    import logging
+
+    pytest.importorskip("ray.tune")
+    from sweeps.snapshot import SyncFailures
+
+    monkeypatch.setenv("PAH_STORAGE_REPORT_S", "60")
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    log = logging.getLogger("ray.train._internal.syncer")
+    log.addHandler(handler)
+    try:
+        with SyncFailures("disk of /data/sw/tune/search"):
+            for e in (OSError(errno.ENOSPC, "No space left on device"), OSError(errno.ENOSPC, "again"),
+                      PermissionError(errno.EACCES, "Permission denied")):
+                try:
+                    raise e
+                except OSError:
+                    log.warning("Last sync command failed with the following error: ...")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            log.warning("after the phase: Ray's own record again")
+    finally:
+        log.removeHandler(handler)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["warning: disk of /data/sw/tune/search full for 0 s saving Ray Tune's experiment state "
+                   "([Errno 28] No space left on device), retrying (up to 900 s)"], err
+    assert [r.getMessage()[:5] for r in seen] == ["Last ", "after"]
+
+
+def test_a_w_and_b_journal_line_cut_short_is_taken_back(tmp_path):
+    from sweeps.wandb_runs import _append
+
+    path = tmp_path / "rows.jsonl"
+    with open(path, "ab", buffering=0) as f:
+        _append(f, b'{"_step": 1}\n')
+
+        class Short:  # a write that stops after 3 bytes, as a full disk does
+            def __init__(self, f):
+                self.f = f
+
+            def fileno(self):
+                return self.f.fileno()
+
+            def write(self, b):
+                return self.f.write(b[:3])
+
+        with pytest.raises(OSError) as e:
+            _append(Short(f), b'{"_step": 2}\n')
+        assert e.value.errno == errno.ENOSPC
+        _append(f, b'{"_step": 2}\n')
+    assert path.read_bytes() == b'{"_step": 1}\n{"_step": 2}\n'
+
+
+WANDB_FULL = """
+import os, sys, threading
+from ray.air.integrations.wandb import _QueueItem
+import sweeps.wandb_runs as w
+
+root = sys.argv[1]
+filler = os.path.join(os.path.dirname(root), "filler")
+append = w._append
+
+def fill_after_row_2(journal, line):  # the journal has its line; 3 s of a full disk follow
+    append(journal, line)
+    if line.startswith(b'{"_step": 2'):
+        with open(filler, "wb", buffering=0) as f:
+            for chunk in (b"\\0" * (1 << 20), b"\\0" * 4096):
+                try:
+                    while True:
+                        f.write(chunk)
+                except OSError:
+                    pass
+        threading.Timer(3.0, os.unlink, [filler]).start()
+
+w._append = fill_after_row_2
+spec = w.RunSpec("k", root, (), (), dict(id="t1", dir=root, mode="offline", project="p", config={"seed": 0}))
+actor = w.SharedWandbActor()
+for t in (1, 2, 3):  # result 3's config update reaches W&B's service on the full disk, its row waits for room
+    config = {f"c{i}": t for i in range(3000 if t == 3 else 1)}  # past W&B's 32 KiB block: written at once
+    actor.feed(spec, (_QueueItem.RESULT, {"tasks_completed": t, "avg_acc": 1.0 / t, "config": config}))
+actor.feed(spec, (_QueueItem.END, None))
+assert actor.close() == []
+"""
+
+
+def test_a_wandb_run_that_wandb_could_not_write_on_a_full_disk_is_written_again_from_its_journal(tmp_path):
+    """W&B's service gives up a run's file after one failed write (a full disk), for good: the run is written
+    again from its journal once there is room, and the broken one is moved out of the offline-run-* pattern."""
+    pytest.importorskip("wandb")
+    pytest.importorskip("ray")
+    from sweeps.wandb_runs import history_rows, is_finished
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
+    try:
+        root = mnt / "sweep"
+        root.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+        r = subprocess.run([sys.executable, "-c", WANDB_FULL, str(root)], env={**env, **FAST}, capture_output=True,
+                           text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "W&B could not write" in r.stderr and "writing the run again from its journal" in r.stderr, r.stderr
+        (broken,) = root.glob("wandb/replaced-run-*-t1/run-t1.wandb")
+        assert not is_finished(broken)
+        (run,) = root.glob("wandb/offline-run-*-t1/run-t1.wandb")
+        rows = history_rows(run)
+        assert is_finished(run) and [row["tasks_completed"] for row in rows] == [1, 2, 3]
+        assert [row["avg_acc"] for row in rows] == pytest.approx([1, 1 / 2, 1 / 3])
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(path) -> None:
+    """Write ``path`` until its disk is full, to the last 4 KiB block (the sweep writes meanwhile)."""
+    with open(path, "wb", buffering=0) as f:
+        for chunk in (b"\0" * (1 << 20), b"\0" * 4096):
+            try:
+                while True:
+                    f.write(chunk)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+
+
+@pytest.mark.slow
+def test_a_full_disk_freed_later_mid_sweep_loses_nothing(tmp_path):
+    """A sweep whose disk fills after its first task checkpoint and is freed 15 s later: the driver waits it out
+    (Ray Tune's copies of its experiment state, the W&B journal, the snapshot's good copy), says so in
+    lines, not tracebacks, and ends with every trial finished once, in optuna.db and W&B once each."""
+    pytest.importorskip("ray.tune")
+    pytest.importorskip("optuna")
+    from test_sweep_e2e import Sweep, _env, _in_optuna_db, _log_lines, _results, _write_spec
+
+    from sweeps.wandb_runs import history_rows, run_is_complete
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
+    try:
+        spec = _write_spec(tmp_path / "full.yaml", set={"train.epochs_per_task": 4}, wandb={"enabled": True},
+                           space={"train.lr": {"loguniform": [0.001, 0.005]}}, searcher="optuna-tpe", num_samples=2,
+                           scheduler="none", confirm={"top_k": 0})
+        sweep = mnt / "full"
+        run = Sweep([str(spec), "--storage", str(mnt), "--name", "full"], tmp_path, tmp_path / "out.txt",
+                    env=_env(**FAST))
+        filler = mnt / "filler"
+        try:
+            t0 = time.monotonic()
+            while not any("trained task 1/" in ln for t in (sweep / "trials" / "search").glob("*")
+                          for ln in _log_lines(t)):
+                assert run.proc.poll() is None and time.monotonic() - t0 < 200, run.log.read_text()[-4000:]
+                time.sleep(0.05)
+            _fill(filler)  # every byte: the next checkpoint, snapshot and W&B row cannot be written
+            time.sleep(15)
+            filler.unlink()
+            rc, out = run.wait(timeout=300)
+        finally:
+            filler.unlink(missing_ok=True)
+            run.close()
+        assert rc == 0 and "Traceback" not in out and " ERROR " not in out, out[-5000:]
+        assert any(ln.startswith(f"warning: disk of {sweep}") and " full" in ln for ln in out.splitlines()), out
+        assert any(ln.startswith(f"note: disk of {sweep} has room again") for ln in out.splitlines()), out
+        results = _results(sweep, "search")
+        assert len(results) == 2 and all(len(r["acc_matrix"]) == 5 for r in results.values()), results
+        assert not list(sweep.rglob("error.json"))
+        for t in results:  # each task trained once, each run complete with a row per task
+            trained = [ln.split(" trained ")[1] for ln in _log_lines(sweep / "trials" / "search" / t)
+                       if " trained task" in ln]
+            assert len(trained) == 5 == len(set(trained)), trained
+            assert run_is_complete(sweep, t)
+            runs = list((sweep / "wandb").glob(f"offline-run-*-{t}/run-{t}.wandb"))
+            assert len(runs) == 1 and [r["tasks_completed"] for r in history_rows(runs[0])] == [1, 2, 3, 4, 5]
+        assert sorted(_in_optuna_db(sweep)) == sorted(results)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
