@@ -70,6 +70,8 @@ __all__ = ["INIT_TIMEOUT_S", "FINISH_TIMEOUT_S", "FILE_TIMEOUT_S", "read_records
 INIT_TIMEOUT_S = 600.0
 FINISH_TIMEOUT_S = 600.0
 FILE_TIMEOUT_S = 120.0  # from a run's finish to the exit record in its file (W&B's service writes it)
+#: a finished run whose file has not changed for this long, without its exit record: W&B's service gave it up
+STALLED_S = 20.0
 
 _HEADER = struct.Struct("<4sHB")  # b":W&B", 0xBEE1, version
 _CHUNK = struct.Struct("<IHB")  # crc32, length, type (1 full, 2 first, 3 middle, 4 last)
@@ -224,15 +226,18 @@ class RunLog:
         """Finish the run; return once its offline file holds the exit record.
 
         W&B's service stops writing a run's file for good after one write failed (a full disk: every
-        later record is refused, ``transactionlog: error ...`` in the run's internal log), and the
-        exit record never comes. Such a run is written again, once, as a new run of the same id
-        from the journal (whose lines waited for room) and the last result; the broken one becomes
-        ``replaced-run-*``."""
+        later record is refused, ``transactionlog: error ...`` in the run's internal log, if that line
+        found room), and the exit record never comes (the file stands still for ``STALLED_S``). Such a
+        run is written again, once, as a new run of the same id from the journal (whose lines waited
+        for room) and the last result; the broken one becomes ``replaced-run-*``. A rewrite that fails
+        too is raised, for ``wait_for_runs`` to name the run."""
         run = self._close()
         if run is None:
             return
-        if self._written(run) or self._rewritten:
+        if self._written(run):
             return
+        if self._rewritten:
+            raise RuntimeError(f"W&B could not write {run.settings.sync_file}, written again from its journal")
         self._rewritten = False
         self._last = 0
         self._start()
@@ -243,15 +248,25 @@ class RunLog:
     @staticmethod
     def _written(run: Any) -> bool:
         """``run.finish()``, then wait until its file holds the exit record: True; False as soon as W&B's
-        service says it could not write the file; a RuntimeError after ``FILE_TIMEOUT_S``."""
+        service says it could not write the file, or the file stands still for ``STALLED_S`` without it;
+        a RuntimeError after ``FILE_TIMEOUT_S``."""
         run_file, internal_log = Path(run.settings.sync_file), Path(run.settings.log_internal)
         run.finish()
         # finish() returns once W&B's service has the exit record; the service writes the file when it
         # closes the run's stream, which finish() asks for without waiting. Wait for it here: the run is
         # complete on disk when END answers (without it, a file kept its 7-byte header alone).
         deadline, pause = time.monotonic() + FILE_TIMEOUT_S, 0.02
+        size, still_since = -1, time.monotonic()
         while not is_finished(run_file):
-            if _write_failed(internal_log):
+            now = time.monotonic()
+            try:
+                grown = run_file.stat().st_size != size
+                size = run_file.stat().st_size
+            except OSError:
+                grown = False
+            still_since = now if grown else still_since
+            # its own log says so, or (that line lost on the full disk too) the file stands still, unfinished
+            if _write_failed(internal_log) or now - still_since > STALLED_S:
                 print(f"warning: W&B could not write {run_file} (see {internal_log}): writing the run again from "
                       "its journal", file=sys.stderr, flush=True)
                 return False
