@@ -161,21 +161,28 @@ def new_trials_where_restored() -> bool:
     ... storage_fs_path=<old path>"), and a copy would write them into the original. Patched in
     this driver process; returns False (and changes nothing) on a Ray without this hook.
     """
+    def wrap(original):
+        def resume(self, *args, **kwargs):
+            out = original(self, *args, **kwargs)
+            _repoint(getattr(self, "_search_alg", None), self._storage)
+            return out
+        return resume
+
+    return _patch_controller("resume", wrap)
+
+
+def _patch_controller(name: str, wrap) -> bool:
+    """Replace Ray Tune's ``TuneController.NAME`` with ``wrap(original)`` in this driver process, once however
+    often it is called (the original is kept as ``_pah_NAME``); False, and nothing changed, on a Ray without it."""
     try:
         from ray.tune.execution.tune_controller import TuneController as C
     except ImportError:
         return False
-    if not hasattr(C, "resume"):
+    if not hasattr(C, name):
         return False
-    original = getattr(C, "_pah_resume", C.resume)
-    C._pah_resume = original
-
-    def resume(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        _repoint(getattr(self, "_search_alg", None), self._storage)
-        return out
-
-    C.resume = resume
+    original = getattr(C, f"_pah_{name}", getattr(C, name))
+    setattr(C, f"_pah_{name}", original)
+    setattr(C, name, wrap(original))
     return True
 
 
@@ -190,22 +197,14 @@ def saves_wait_for_room() -> bool:
     ``SnapshotGuard`` keeps the last good copy meanwhile). Returns False (and changes nothing) on a Ray
     without this hook.
     """
-    try:
-        from ray.tune.execution.tune_controller import TuneController as C
-    except ImportError:
-        return False
-    if not hasattr(C, "save_to_dir"):
-        return False
-    original = getattr(C, "_pah_save_to_dir", C.save_to_dir)
-    C._pah_save_to_dir = original
+    def wrap(original):
+        def save_to_dir(self, *args, **kwargs):
+            where = getattr(self._storage, "experiment_driver_staging_path", "") or "the sweep dir"
+            return retrying(lambda: original(self, *args, **kwargs), f"disk of {where}",
+                            what="saving Ray Tune's experiment state")
+        return save_to_dir
 
-    def save_to_dir(self, *args, **kwargs):
-        where = getattr(self._storage, "experiment_driver_staging_path", "") or "the sweep dir"
-        return retrying(lambda: original(self, *args, **kwargs), f"disk of {where}",
-                        what="saving Ray Tune's experiment state")
-
-    C.save_to_dir = save_to_dir
-    return True
+    return _patch_controller("save_to_dir", wrap)
 
 
 class SyncFailures(logging.Filter):

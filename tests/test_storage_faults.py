@@ -8,6 +8,7 @@ The waits are tuned short by environment (pah/retry.py): backoff capped at 2 s, 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -381,6 +382,21 @@ def test_a_w_and_b_journal_line_cut_short_is_taken_back(tmp_path):
     assert path.read_bytes() == b'{"_step": 1}\n{"_step": 2}\n'
 
 
+@contextlib.contextmanager
+def _tmpfs(mnt: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``mnt`` (a small disk to fill), unmounted after; skips where it cannot be
+    mounted (not root)."""
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 WANDB_FULL = """
 import os, sys, threading
 from ray.air.integrations.wandb import _QueueItem
@@ -420,12 +436,7 @@ def test_a_wandb_run_that_wandb_could_not_write_on_a_full_disk_is_written_again_
     pytest.importorskip("ray")
     from sweeps.wandb_runs import history_rows, is_finished
 
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
-    try:
+    with _tmpfs(tmp_path / "disk", "32m") as mnt:
         root = mnt / "sweep"
         root.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
@@ -439,8 +450,6 @@ def test_a_wandb_run_that_wandb_could_not_write_on_a_full_disk_is_written_again_
         rows = history_rows(run)
         assert is_finished(run) and [row["tasks_completed"] for row in rows] == [1, 2, 3]
         assert [row["avg_acc"] for row in rows] == pytest.approx([1, 1 / 2, 1 / 3])
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _fill(path) -> None:
@@ -466,12 +475,7 @@ def test_a_full_disk_freed_later_mid_sweep_loses_nothing(tmp_path):
 
     from sweeps.wandb_runs import history_rows, run_is_complete
 
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
-    try:
+    with _tmpfs(tmp_path / "disk", "160m") as mnt:
         spec = _write_spec(tmp_path / "full.yaml", set={"train.epochs_per_task": 4}, wandb={"enabled": True},
                            space={"train.lr": {"loguniform": [0.001, 0.005]}}, searcher="optuna-tpe", num_samples=2,
                            scheduler="none", confirm={"top_k": 0})
@@ -506,8 +510,6 @@ def test_a_full_disk_freed_later_mid_sweep_loses_nothing(tmp_path):
             runs = list((sweep / "wandb").glob(f"offline-run-*-{t}/run-{t}.wandb"))
             assert len(runs) == 1 and [r["tasks_completed"] for r in history_rows(runs[0])] == [1, 2, 3, 4, 5]
         assert sorted(_in_optuna_db(sweep)) == sorted(results)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 # --------------------------------------------------------------------------- a trial started again after a failure
