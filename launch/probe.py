@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from launch.cluster import write_json
+from pah import signals
 
 __all__ = ["probe"]
 
@@ -56,7 +57,8 @@ def probe(*, storage: str, name: str, address: str | None = None, trials: int | 
             "errors": errors,
         }
     finally:
-        ray.shutdown()
+        with signals.kept():  # Ray resets SIGTERM to its default action
+            ray.shutdown()
     write_json(out / "probe.json", summary)
     print(f"probe: {summary['nodes']} Ray node(s), trials ran on {summary['trial_nodes']}, "
           f"{len(errors)} error(s)", flush=True)

@@ -42,6 +42,7 @@ from launch.cluster import (
     write_json,
 )
 from launch.sizing import pending_reason
+from pah import signals
 from pah.errors import UserError
 
 __all__ = ["SlurmResources", "RayClusterJob", "Submission", "submit", "job_state", "cancel"]
@@ -169,7 +170,8 @@ class RayClusterJob(submitit.helpers.Checkpointable):
             try:
                 summary = wait_for_nodes(expected, alive=node.alive)
             finally:
-                ray.shutdown()
+                with signals.kept():  # Ray resets SIGTERM to its default action
+                    ray.shutdown()
             write_json(head_file.with_name("cluster.json"), {"address": node.head_address, **summary})
             print(f"pah launch: Ray cluster up: {summary['nodes']} node(s), {summary['cpus']:g} CPU, "
                   f"{summary['gpus']:g} GPU", flush=True)

@@ -19,20 +19,27 @@ main program (``pah.cli.main()`` with no ``argv``) it owns the signals:
   Tune just stopped are still dying (its core worker "Exiting because the Raylet IPC connection
   failed"; CI saw 1 instead of 143 after a SIGTERM, its line said).
 
+Native code can change a handler behind Python's back: Ray 2.60's core worker resets SIGTERM (and
+its other failure signals) to the default action in ``ray.shutdown()``, while ``signal.getsignal``
+still names the Python handler. A SIGTERM after it killed the driver outright (exit -15, no line
+said; seen in CI when a signal came as a finished sweep shut down). ``kept`` puts the Python
+handlers back at the C level after such code.
+
 Called in-process (tests, a notebook), nothing here is installed: the caller keeps its handlers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from pah.errors import Interrupted
 
-__all__ = ["OWNED", "own", "raise_interrupted", "exit_at_once", "take", "end_at_exit", "end"]
+__all__ = ["OWNED", "own", "raise_interrupted", "exit_at_once", "take", "kept", "end_at_exit", "end"]
 
 #: the signals a ``pah`` process answers
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -66,6 +73,21 @@ def take(handler: Callable[[int, object], None]) -> None:
     if threading.current_thread() is threading.main_thread():
         for s in SIGNALS:
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def kept() -> Iterator[None]:
+    """Around native code that may reset signal handlers (``ray.init``, ``ray.shutdown``): afterwards,
+    install again, at the C level, the Python handlers ``signal.getsignal`` reports for SIGINT and
+    SIGTERM (main thread only; a handler Python did not install, None, is left as it is)."""
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for s in SIGNALS:
+                handler = signal.getsignal(s)
+                if handler is not None:
+                    signal.signal(s, handler)
 
 
 def own() -> None:

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from pah import signals
 from pah import storage as storage_mod
 from pah.errors import Failed, Interrupted, UserError, say
 from pah.io import atomic_write_bytes, atomic_write_json, read_json
@@ -545,7 +546,7 @@ def _ray(address: str | None, spec: Spec) -> Iterator[None]:
         if not (said and isinstance(ended, Interrupted) and _left_to_exit(temp_dir)):
             # once the sweep's error: line is out (``_said_first``), it stays the last line: what Ray's core
             # worker logs while it disconnects ("Failed to push error to driver ...") goes nowhere
-            with _silenced() if said else contextlib.nullcontext():
+            with _silenced() if said else contextlib.nullcontext(), signals.kept():  # SIGTERM still ours after
                 ray.shutdown()
             if temp_dir is not None:
                 shutil.rmtree(temp_dir, ignore_errors=True)
@@ -562,8 +563,6 @@ def _left_to_exit(temp_dir: str | None) -> bool:
     a reaper then ends what they leave (Ray's agents, which would notice within minutes) and removes
     ``temp_dir``. A cluster that was joined sees its driver gone, as it would after ``ray.shutdown()``.
     """
-    from pah import signals
-
     reaper = None
     if temp_dir is not None:
         try:
