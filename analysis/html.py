@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["write_html", "render_html", "DETAIL_GROUPS"]
 
-DETAIL_GROUPS = 6  # groups with figures of their own in the report (see render_html): ~0.3 s a figure on a CPU core
+DETAIL_GROUPS = 3  # groups with figures of their own in the report (see render_html): ~0.3 s a figure on a CPU core
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f; margin: 2em auto;
@@ -236,7 +236,8 @@ def render_html(
     # A figure per config costs ~0.25 s to draw and ~100 kB: a 1,000-trial sweep has hundreds of
     # configs (595 figures, 150 s at the end of the sweep). Past DETAIL_GROUPS, the best ones by
     # mean test ACC and the sweep's best and base configs get theirs; every config stays in the
-    # tables and the trade-off plot, and `pah analyze DIR --plots` draws them all.
+    # tables and the trade-off plot, and `pah analyze DIR --plots` draws them all. (3, not 6: every
+    # sweep's end waits for its report, and a 40-config sweep's 17 figures took ~5 s of one core.)
     detail = detail_groups(summary, DETAIL_GROUPS, keep=[c for _, cmp in comparisons if cmp is not None
                                                           for c in (cmp.best_id, cmp.base_id)])
     figs = []

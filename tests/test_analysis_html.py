@@ -231,7 +231,7 @@ def test_report_of_plain_directories(browser, tmp_path):
     report = tmp_path / "r.html"
     assert main(["analyze", str(tmp_path / "runs"), "--html", str(report)]) == 0
     page = browser.open(report.as_uri(), tmp_path / "r.png")
-    # past DETAIL_GROUPS (6) configs, the best 6 get a heatmap and task curves each; all 10 are in the table
+    # past DETAIL_GROUPS (3) configs, the best 3 get a heatmap and task curves each; all 10 are in the table
     from analysis.html import DETAIL_GROUPS
 
     assert DETAIL_GROUPS < 10
