@@ -138,14 +138,11 @@ def _take_ray_checkpoint(out: Path) -> None:
     local = out / "checkpoint"
 
     def take() -> None:
-        source = ckpt
-        stored = _newest_stored_checkpoint()
-        if stored is not None and (ckpt is None or stored[0] > _tasks_of(ckpt)):
-            source = stored[1]
+        source = resume_from(ckpt, _newest_stored_checkpoint())
         if source is None:
             return
         with source.as_directory() as d:  # a download, from object storage
-            if _tasks_in(Path(d)) > _tasks_in(local):
+            if _whole_tasks_in(Path(d)) > _tasks_in(local):
                 tmp = out / "checkpoint.incoming"
                 shutil.rmtree(tmp, ignore_errors=True)
                 shutil.copytree(d, tmp)
@@ -155,13 +152,26 @@ def _take_ray_checkpoint(out: Path) -> None:
     retrying(take, "storage of the trial's checkpoints", what="reading the trial's checkpoint")
 
 
-def _tasks_of(ckpt: Any) -> int:
-    """Tasks in a Tune checkpoint, read from its meta.json where it lies (a small read, not the state)."""
-    try:
-        with ckpt.filesystem.open_input_stream(f"{ckpt.path}/{META}") as f:
-            return int(json.loads(f.read())["tasks_completed"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
+def resume_from(ckpt: Any, stored: tuple[int, Any] | None) -> Any:
+    """The checkpoint a trial continues from: Tune's (``ckpt``) or the newest complete one in storage
+    (``stored``, see ``newest_checkpoint_in``), whichever holds more tasks; None for neither.
+
+    Tune's is checked as the stored ones are (its ``state.pt`` of the size its ``meta.json`` recorded):
+    an attempt cut off while it retried a report can write into the dir Tune recorded. Seen in CI, the
+    head lost: Tune's checkpoint held the meta.json of task 4 beside the state of task 3; the trial
+    logged ``start tasks_done=4`` and trained task 4 again."""
+    tasks = _complete_tasks(ckpt.filesystem, ckpt.path) if ckpt is not None else 0
+    source = ckpt if tasks else None
+    if stored is not None and stored[0] > tasks:
+        source = stored[1]
+    return source
+
+
+def _whole_tasks_in(ckpt_dir: Path) -> int:
+    """Tasks in a checkpoint dir on this node; 0 if its state.pt is not the size its meta.json recorded."""
+    from pyarrow import fs as pafs
+
+    return _complete_tasks(pafs.LocalFileSystem(), str(ckpt_dir))
 
 
 def _newest_stored_checkpoint() -> tuple[int, Any] | None:

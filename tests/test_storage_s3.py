@@ -415,6 +415,40 @@ def test_the_newest_task_checkpoint_in_the_bucket_is_found_though_tune_never_hea
         assert json.loads((Path(d) / "meta.json").read_text()) == {"tasks_completed": 2}
 
 
+def test_a_tune_checkpoint_holding_another_tasks_state_is_not_resumed_from(s3, tmp_path):
+    """Tune's own checkpoint is checked as the stored ones are: an attempt cut off while it retried a report
+    can write into the dir Tune recorded (seen in CI, the head lost: task 4's meta.json beside task 3's
+    state; the trial logged ``start tasks_done=4`` and trained task 4 again). The newest whole one is taken."""
+    from ray.train import Checkpoint
+
+    from sweeps.trainable import _whole_tasks_in, newest_checkpoint_in, resume_from
+
+    _, fs = s3
+    trial = f"{BUCKET}/mixed/tune/search/pah_trial_abc12345_1_train"
+
+    def put(index: int, tasks: int, state: bytes) -> Checkpoint:
+        d = f"{trial}/checkpoint_{index:06d}"
+        fs.create_dir(d)
+        with fs.open_output_stream(f"{d}/meta.json") as f:
+            f.write(json.dumps({"tasks_completed": tasks, "state_bytes": tasks}).encode())
+        with fs.open_output_stream(f"{d}/state.pt") as f:
+            f.write(state)
+        return Checkpoint(path=d, filesystem=fs)
+
+    put(2, 3, b"333")
+    mixed = put(3, 4, b"333")  # Tune's: task 4's meta.json, task 3's state
+    chosen = resume_from(mixed, newest_checkpoint_in(fs, trial)[0])
+    assert chosen is not None and chosen.path.endswith("checkpoint_000002"), chosen
+    with chosen.as_directory() as d:
+        assert _whole_tasks_in(Path(d)) == 3
+    whole = put(4, 4, b"4444")
+    assert resume_from(whole, newest_checkpoint_in(fs, trial)[0]).path == whole.path  # Tune's, whole: taken
+    assert resume_from(None, None) is None
+    (tmp_path / "meta.json").write_text(json.dumps({"tasks_completed": 4, "state_bytes": 4}))
+    (tmp_path / "state.pt").write_bytes(b"333")
+    assert _whole_tasks_in(tmp_path) == 0  # on the node too: not what its meta.json names
+
+
 def test_a_replaced_wandb_run_leaves_the_bucket_by_its_old_name(tmp_path, s3, monkeypatch):
     """A trial's W&B run reopened by a new driver (its head lost): the earlier run's folder is renamed to
     replaced-run-* in the staging copy, and goes from the bucket by its old name, or the bucket would hold
