@@ -546,10 +546,32 @@ def _ray(address: str | None, spec: Spec) -> Iterator[None]:
         if not (said and isinstance(ended, Interrupted) and _left_to_exit(temp_dir)):
             # once the sweep's error: line is out (``_said_first``), it stays the last line: what Ray's core
             # worker logs while it disconnects ("Failed to push error to driver ...") goes nowhere
-            with _silenced() if said else contextlib.nullcontext(), signals.kept():  # SIGTERM still ours after
-                ray.shutdown()
+            with _silenced() if said else contextlib.nullcontext(), signals.kept(), _no_collection():
+                ray.shutdown()  # (SIGTERM still ours after it: signals.kept)
             if temp_dir is not None:
                 shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _no_collection() -> Iterator[None]:
+    """Around ``ray.shutdown()``: the cyclic garbage collector collects first, then not until it returns.
+
+    The report is read and drawn in a thread meanwhile (``_report_meanwhile``). A Ray handle freed by the
+    collector calls into the core worker (``ActorHandle.__del__`` checks ``worker.connected``, still true
+    while the core worker shuts down), and such a call in that window ends the process with exit 1: "The
+    core worker has already been shutdown ... The process will exit" (CI, once, a packed sweep whose
+    packer actors' handles were garbage by then). Once ``ray.shutdown()`` returns, ``connected`` is false
+    and a collection is harmless again."""
+    import gc
+
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _left_to_exit(temp_dir: str | None) -> bool:
