@@ -125,14 +125,22 @@ def test_sweep_on_s3_killed_driver_resume_and_analyze(tmp_path, s3):
         return {rel.split("/")[2] for rel in _files(fs, prefix) if rel.startswith("trials/search/")}
 
     def checkpointed(tid: str) -> bool:
-        """The experiment state a restore starts from names ``tid`` (else a restore orphans it), and a task
-        checkpoint of it is in the bucket, whether or not that state knows of the checkpoint yet (a trial
+        """The experiment state a restore starts from names ``tid`` (else a restore orphans it), and a whole
+        task checkpoint of it is in the bucket, whether or not that state knows of the checkpoint yet (a trial
         whose reports came after Tune's last snapshot resumes from the newest of its checkpoints all the same:
-        sweeps.trainable._newest_stored_checkpoint)."""
+        sweeps.trainable._newest_stored_checkpoint). Whole: its state.pt is there, of the size its meta.json
+        records; a driver killed while Tune uploaded the dir leaves meta.json alone (seen in CI), and a trial
+        rightly starts over from that."""
         rels = _files(fs, f"{prefix}/tune/search")
         named = any(rel.startswith("experiment_state-") and tid.encode() in _read(fs, f"{prefix}/tune/search/{rel}")
                     for rel in rels)
-        return named and any(f"_{tid}_" in rel and "/checkpoint_" in rel and rel.endswith("/meta.json") for rel in rels)
+
+        def whole(meta_rel: str) -> bool:
+            meta = json.loads(_read(fs, f"{prefix}/tune/search/{meta_rel}"))
+            return rels.get(meta_rel.replace("/meta.json", "/state.pt")) == meta["state_bytes"]
+
+        return named and any(f"_{tid}_" in rel and "/checkpoint_" in rel and rel.endswith("/meta.json") and whole(rel)
+                             for rel in rels)
 
     def mid_sweep():
         files = _files(fs, prefix)
@@ -193,7 +201,8 @@ def test_sweep_on_s3_killed_driver_resume_and_analyze(tmp_path, s3):
         assert not [ln for ln in new if "trained task" in ln], (t, new)
     for t in busy - set(before):  # resumed from its task checkpoint (from the bucket), not from scratch
         starts = [ln for ln in _log_lines(fs, f"{prefix}/trials/search/{t}/log.txt") if " start " in ln]
-        assert len(starts) >= 2 and int(starts[-1].split("tasks_done=")[1].split()[0]) >= 1, starts
+        ckpts = {rel: size for rel, size in files.items() if f"_{t}_" in rel and "/checkpoint_" in rel}
+        assert len(starts) >= 2 and int(starts[-1].split("tasks_done=")[1].split()[0]) >= 1, (starts, ckpts)
     for rel in files:  # the credentials never reach a file
         assert SECRET.encode() not in _read(fs, f"{prefix}/{rel}"), rel
 
