@@ -167,6 +167,40 @@ def test_one_process_logs_runs_at_once_a_failing_run_breaks_none_and_a_restart_r
     assert not list(tmp_path.glob("wandb/offline-run-*-c"))  # c failed before W&B opened it
 
 
+PACKAGES = """
+import importlib.metadata, sys
+from ray.air.integrations.wandb import _QueueItem
+from sweeps.wandb_runs import RunSpec, SharedWandbActor
+
+listed = importlib.metadata.distributions
+calls = []
+importlib.metadata.distributions = lambda *a, **k: calls.append(1) or listed(*a, **k)
+root = sys.argv[1]
+actor = SharedWandbActor()
+for i in "ab":
+    spec = RunSpec(i, root, (), (), dict(id=i, dir=root, mode="offline", project="p", group="g"))
+    actor.feed(spec, (_QueueItem.RESULT, {"tasks_completed": 1, "avg_acc": 0.5}))
+    actor.feed(spec, (_QueueItem.END, None))
+assert actor.close() == []
+print(f"listed {len(calls)} time(s)")
+"""
+
+
+def test_the_logging_process_lists_the_installed_packages_once_and_every_run_gets_them(tmp_path):
+    """W&B lists every installed distribution at each ``wandb.init`` (a run's requirements.txt): a third of
+    a 40-trial sweep's CPU beside the trials (bench/RESULTS.md). The shared process lists them once; each
+    run's requirements.txt is still the whole list."""
+    out = _script(PACKAGES, str(tmp_path))
+    assert out.stdout.splitlines() == ["listed 1 time(s)"], out.stdout
+    reqs = {p.parent.parent.name.rsplit("-", 1)[1]: p.read_text().splitlines()
+            for p in tmp_path.glob("wandb/offline-run-*/files/requirements.txt")}
+    assert sorted(reqs) == ["a", "b"] and reqs["a"] == reqs["b"], reqs.keys()
+    import importlib.metadata
+
+    assert {f"wandb=={importlib.metadata.version('wandb')}", f"ray=={importlib.metadata.version('ray')}"} <= set(reqs["a"])
+    assert len(reqs["a"]) >= len({d.metadata["Name"] for d in importlib.metadata.distributions()}) - 1
+
+
 CALLBACK = """
 import os, sys, tempfile, time
 from pathlib import Path
