@@ -136,7 +136,10 @@ def test_sweep_on_s3_killed_driver_resume_and_analyze(tmp_path, s3):
                     for rel in rels)
 
         def whole(meta_rel: str) -> bool:
-            meta = json.loads(_read(fs, f"{prefix}/tune/search/{meta_rel}"))
+            try:  # (Tune keeps one checkpoint: the listed one may be gone already)
+                meta = json.loads(_read(fs, f"{prefix}/tune/search/{meta_rel}"))
+            except FileNotFoundError:
+                return False
             return rels.get(meta_rel.replace("/meta.json", "/state.pt")) == meta["state_bytes"]
 
         return named and any(f"_{tid}_" in rel and "/checkpoint_" in rel and rel.endswith("/meta.json") and whole(rel)
