@@ -136,9 +136,9 @@ def test_sweep_on_s3_killed_driver_resume_and_analyze(tmp_path, s3):
                     for rel in rels)
 
         def whole(meta_rel: str) -> bool:
-            try:  # (Tune keeps one checkpoint: the listed one may be gone already)
+            try:  # Tune keeps one checkpoint: the listed one may be gone, or going while it is read
                 meta = json.loads(_read(fs, f"{prefix}/tune/search/{meta_rel}"))
-            except FileNotFoundError:
+            except (OSError, ValueError):  # (moto, under load: "Failed to flush response stream"); polled again
                 return False
             return rels.get(meta_rel.replace("/meta.json", "/state.pt")) == meta["state_bytes"]
 
