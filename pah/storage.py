@@ -30,7 +30,7 @@ from typing import Any
 from pah.errors import UserError
 
 __all__ = ["is_uri", "join", "check", "resolve", "download", "upload", "exists", "staging_dir", "scratch_dir",
-           "remote_of", "mark_staging", "newest_checkpoints_everywhere", "Mirror", "SKIP_DIRS"]
+           "remote_of", "mark_staging", "fill_missing_checkpoints_at", "Mirror", "SKIP_DIRS"]
 
 #: what a staging copy or `pah analyze` never downloads: Tune's own dir and the task checkpoints
 SKIP_DIRS = ("tune", "checkpoint")
@@ -250,37 +250,36 @@ def _upload(local: Path, uri: str, files: Iterable[str] | None) -> int:
     return len(pairs)
 
 
-def newest_checkpoints_everywhere(exp_uri: str) -> int:
-    """Before a restore: make every ``checkpoint_NNNNNN`` of a trial below its newest a copy of the newest
-    (a server-side copy); returns how many were written.
+def fill_missing_checkpoints_at(exp_uri: str) -> int:
+    """Before a restore from object storage: put an empty placeholder (``meta.json`` of 0 tasks) where a
+    trial's ``checkpoint_NNNNNN`` below its highest is gone; returns how many were written.
 
-    Tune's experiment snapshot may name an older checkpoint than the trial reported last, one that
-    ``CheckpointConfig(num_to_keep=1)`` has deleted since (Tune would fail the trial for good), or
-    one still there but older (the trial would train a task again). On a filesystem the trial's
-    own dir holds its newest state (sweeps/snapshot.py); on object storage the trial may restart on
-    another node, so the checkpoint Tune hands it must be the newest one.
+    Tune's experiment snapshot may name a checkpoint that ``CheckpointConfig(num_to_keep=1)`` has deleted
+    since, and Tune would fail that trial for good. The trial then resumes from the newest complete
+    checkpoint in storage (``sweeps.trainable.newest_checkpoint_in``), as on a filesystem (sweeps/snapshot.py).
+    Nothing that is there is written over: this once copied the highest-numbered checkpoint over the
+    lower ones, and a head lost mid-upload made that one a ``meta.json`` alone, which then replaced the
+    ``meta.json`` of the whole checkpoint below it (seen in CI: a trial two tasks in trained from task 1).
     """
     from pah.retry import retrying
 
-    return retrying(lambda: _newest_checkpoints(exp_uri), f"storage {exp_uri}", what="copying checkpoints")
+    return retrying(lambda: _fill_missing_checkpoints(exp_uri), f"storage {exp_uri}", what="checking checkpoints")
 
 
-def _newest_checkpoints(exp_uri: str) -> int:
+def _fill_missing_checkpoints(exp_uri: str) -> int:
     fs, root = resolve(exp_uri)
     root = root.rstrip("/")
-    ckpts: dict[str, dict[int, list[str]]] = {}
+    ckpts: dict[str, set[int]] = {}
     for info in _list(fs, root):
         parts = info.path[len(root) + 1:].split("/")
         if len(parts) >= 3 and re.fullmatch(r"checkpoint_\d{6}", parts[1]):
-            ckpts.setdefault(parts[0], {}).setdefault(int(parts[1][11:]), []).append("/".join(parts[2:]))
+            ckpts.setdefault(parts[0], set()).add(int(parts[1][11:]))
     n = 0
-    for trial, by_idx in ckpts.items():
-        newest = max(by_idx)
-        src = f"{root}/{trial}/checkpoint_{newest:06d}"
-        for i in range(newest):
-            for rel in by_idx[newest]:
-                fs.copy_file(f"{src}/{rel}", f"{root}/{trial}/checkpoint_{i:06d}/{rel}")
-                n += 1
+    for trial, present in ckpts.items():
+        for i in sorted(set(range(max(present))) - present):
+            with fs.open_output_stream(f"{root}/{trial}/checkpoint_{i:06d}/meta.json") as f:
+                f.write(b'{"tasks_completed": 0}\n')
+            n += 1
     return n
 
 

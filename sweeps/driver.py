@@ -805,7 +805,7 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
         repair,
         saves_wait_for_room,
     )
-    from sweeps.trainable import make_trainable
+    from sweeps.trainable import make_trainable, trial_dirname
 
     base_cfg = spec.trial_config()
     exp_path = sweep_dir / "tune" / phase
@@ -840,7 +840,7 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
               flush=True)
     restore_path = f"{tune_root}/{phase}" if remote else str(exp_path)
     if remote:
-        storage_mod.newest_checkpoints_everywhere(restore_path)
+        storage_mod.fill_missing_checkpoints_at(restore_path)
     if phase == "search":  # the live copy of the study goes to this sweep dir, restored or not
         from sweeps.search import MIRROR_ENV
 
@@ -894,6 +894,8 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
                 # Ray's session) and its datasets are paid once per worker, not once per trial
                 # (bench/scale.py: the overhead per trial of short trials).
                 reuse_actors=True,
+                # named when Tune makes the trial, not when it starts (a restore finds its checkpoints)
+                trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(
                 name=phase,

@@ -159,7 +159,9 @@ def resume_from(ckpt: Any, stored: tuple[int, Any] | None) -> Any:
     Tune's is checked as the stored ones are (its ``state.pt`` of the size its ``meta.json`` recorded):
     an attempt cut off while it retried a report can write into the dir Tune recorded. Seen in CI, the
     head lost: Tune's checkpoint held the meta.json of task 4 beside the state of task 3; the trial
-    logged ``start tasks_done=4`` and trained task 4 again."""
+    logged ``start tasks_done=4`` and trained task 4 again (that one was the restore's own doing: it
+    copied a half-uploaded checkpoint's meta.json over the whole one below, ``pah.storage.
+    fill_missing_checkpoints_at`` now writes over nothing)."""
     tasks = _complete_tasks(ckpt.filesystem, ckpt.path) if ckpt is not None else 0
     source = ckpt if tasks else None
     if stored is not None and stored[0] > tasks:
@@ -183,10 +185,38 @@ def _newest_stored_checkpoint() -> tuple[int, Any] | None:
     storage = getattr(get_session(), "storage", None)
     if storage is None:
         return None
-    best, top = newest_checkpoint_in(storage.storage_filesystem, storage.trial_fs_path)
+    from ray import tune
+
+    fs = storage.storage_filesystem
+    best, top = newest_checkpoint_in(fs, storage.trial_fs_path)
     if top >= 0 and storage.current_checkpoint_index <= top:
         storage.current_checkpoint_index = top + 1
+    for other in other_dirs_of(fs, storage.trial_fs_path, tune.get_context().get_trial_id()):
+        found, _ = newest_checkpoint_in(fs, other)
+        if found is not None and (best is None or found[0] > best[0]):
+            best = found
     return best
+
+
+def other_dirs_of(fs: Any, trial_path: str, trial_id: str) -> list[str]:
+    """The trial's dirs in Tune's storage other than ``trial_path``: named for the same trial (the trainable
+    and the trial id) with another ending. Tune names a trial's dir anew on a restore when the snapshot it
+    restores from predates the name (``trial_dirname``: sweeps made before it, with the start time in the
+    name), and adds a suffix where the name is taken on the driver's node (a driver restarted in the same
+    Ray session): the task checkpoints of the trial's earlier attempts are in those."""
+    from pyarrow import fs as pafs
+
+    parent, _, name = trial_path.rstrip("/").rpartition("/")
+    marker = f"_{trial_id}_"
+    if not parent or not trial_id or marker not in name:
+        return []
+    prefix = name[: name.index(marker) + len(marker)]
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
+        other = info.path.rstrip("/").rpartition("/")[2]
+        if info.type == pafs.FileType.Directory and other.startswith(prefix) and other != name:
+            found.append(info.path)
+    return sorted(found)
 
 
 def newest_checkpoint_in(fs: Any, trial_path: str) -> tuple[tuple[int, Any] | None, int]:
@@ -214,6 +244,21 @@ def newest_checkpoint_in(fs: Any, trial_path: str) -> tuple[tuple[int, Any] | No
         if tasks > 0 and (best is None or tasks > best[0]):
             best = (tasks, Checkpoint(path=info.path, filesystem=fs))
     return best, top
+
+
+def trial_dirname(trial: Any) -> str:
+    """The name of a trial's dir in Tune's storage (``TuneConfig(trial_dirname_creator=...)``): the trial's
+    id and tag, as Tune names it, without the start time Tune appends.
+
+    Tune names a trial's dir when the trial first starts, with the time it starts, and records the name in
+    its state only at its next snapshot. A trial pending at the last snapshot that reached the bucket,
+    started after it and lost with the head, was named anew on the restore, in a dir beside its task
+    checkpoints: it found none and trained from task 1 (seen in CI: a trial two tasks in started over).
+    A name fixed when Tune makes the trial is in every snapshot that holds the trial."""
+    import re
+
+    name = f"{trial.trainable_name}_{trial.trial_id}_{trial.experiment_tag}"[:100]
+    return re.sub(r'[/()<>:"\\|?*\s]', "_", name)
 
 
 def _complete_tasks(fs: Any, path: str) -> int:

@@ -227,8 +227,13 @@ def _nothing_lost(sweep: Path, *, finished_before: set[str], victim: str, ckpt_a
     was_hit = set()
     for tid in results:
         lines = _log_lines(sweep / "trials" / "search" / tid)
+
+        def said(extra: str = "", tid=tid, lines=lines) -> str:  # whole, not cut short as a repr would be
+            files = sorted(str(p.relative_to(sweep)) for p in (sweep / "tune" / "search").glob(f"*_{tid}_*/*"))
+            return "\n".join([f"trial {tid} (hit: pids {sorted(hit)}) {extra}", *lines, "its Tune dirs:", *files])
+
         trained = Counter(int(m.group(2)) for ln in lines if (m := TRAINED.search(ln)))
-        assert sorted(trained) == [1, 2, 3, 4, 5], (tid, lines)  # every task, in the end
+        assert sorted(trained) == [1, 2, 3, 4, 5], said()  # every task, in the end
         # (a trial that finished after the sweep's last snapshot starts again on a resume, finds its result
         # and ends at once, training nothing: "start tasks_done=4 (finished already)")
         starts = [(int(m.group(1)), int(m.group(2))) for ln in lines
@@ -236,20 +241,20 @@ def _nothing_lost(sweep: Path, *, finished_before: set[str], victim: str, ckpt_a
         if tid in finished_before or not any(pid in hit for pid, _ in starts):
             # finished before the fault (maybe in a process it ended: Tune reuses a worker process for the
             # next trial), or never there: each task trained once, and no start after the fault
-            assert set(trained.values()) == {1} and len(starts) == 1, (tid, lines)
+            assert set(trained.values()) == {1} and len(starts) == 1, said()
             continue
         was_hit.add(tid)
         last_hit = max(i for i, (pid, _) in enumerate(starts) if pid in hit)
-        assert len(starts) > last_hit + 1, (tid, lines)
+        assert len(starts) > last_hit + 1, said()
         resumed_pid, resumed_at = starts[last_hit + 1]
         assert resumed_pid not in hit
         # (the newest checkpoint may have reached the bucket before its report reached Tune: then it trains
         # that task again, and the task it had been training was not logged yet)
         # (a trial the fault hit right after its start may have had no checkpoint yet: it starts over, having
         # lost the task in progress, its first)
-        assert resumed_at >= (max(1, ckpt_at_fault - 1) if tid == victim else 0), (tid, ckpt_at_fault, lines)
+        assert resumed_at >= (max(1, ckpt_at_fault - 1) if tid == victim else 0), said(f'checkpointed at the fault: {ckpt_at_fault}')
         again = [k for k, c in trained.items() if c > 1]
-        assert all(trained[k] == 2 for k in again) and again in ([], [resumed_at + 1]), (tid, lines)
+        assert all(trained[k] == 2 for k in again) and again in ([], [resumed_at + 1]), said()
     assert victim in was_hit
     _, err = ref.communicate(timeout=180)
     assert ref.returncode == 0, err

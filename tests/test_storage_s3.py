@@ -427,6 +427,105 @@ def test_the_newest_task_checkpoint_in_the_bucket_is_found_though_tune_never_hea
         assert json.loads((Path(d) / "meta.json").read_text()) == {"tasks_completed": 2}
 
 
+def test_before_a_restore_a_half_uploaded_checkpoint_overwrites_nothing(s3, monkeypatch):
+    """The head lost while a trial uploaded task 2's checkpoint: ``checkpoint_000001`` holds its meta.json
+    alone, ``checkpoint_000000`` (task 1) is whole. Before the restore, a deleted checkpoint below a trial's
+    highest gets a 0-task placeholder (Tune's snapshot may name it) and nothing there is written over: the
+    copy of the highest-numbered checkpoint over the lower ones that this replaced put task 2's meta.json
+    beside task 1's state, and the trial trained from task 1 (seen in CI and under load)."""
+    from pah.storage import fill_missing_checkpoints_at
+    from sweeps.trainable import newest_checkpoint_in
+
+    endpoint, fs = s3
+    for k, v in _s3_env(endpoint).items():
+        monkeypatch.setenv(k, v)
+    exp = f"{BUCKET}/restore/tune/search"
+
+    def put(path: str, data: bytes) -> None:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+    cut = f"{exp}/pah_trial_aaaa0000_1_train_lr=0.002"
+    put(f"{cut}/checkpoint_000000/state.pt", b"1")
+    put(f"{cut}/checkpoint_000000/meta.json", b'{"tasks_completed": 1, "state_bytes": 1}')
+    put(f"{cut}/checkpoint_000001/meta.json", b'{"tasks_completed": 2, "state_bytes": 2}')  # its state.pt never came
+    gone = f"{exp}/pah_trial_bbbb0000_2_train_lr=0.003"  # num_to_keep=1 deleted 0-2
+    put(f"{gone}/checkpoint_000003/state.pt", b"4444")
+    put(f"{gone}/checkpoint_000003/meta.json", b'{"tasks_completed": 4, "state_bytes": 4}')
+    before = {p: _read(fs, p) for p in (f"{cut}/checkpoint_000000/meta.json", f"{cut}/checkpoint_000000/state.pt",
+                                               f"{cut}/checkpoint_000001/meta.json")}
+
+    assert fill_missing_checkpoints_at(f"s3://{exp}") == 3
+    assert {p: _read(fs, p) for p in before} == before  # nothing there written over
+    best, top = newest_checkpoint_in(fs, cut)
+    assert top == 1 and best is not None and best[0] == 1 and best[1].path.endswith("checkpoint_000000")
+    for i in range(3):
+        assert json.loads(_read(fs, f"{gone}/checkpoint_{i:06d}/meta.json")) == {"tasks_completed": 0}
+    best, top = newest_checkpoint_in(fs, gone)
+    assert top == 3 and best is not None and best[0] == 4 and best[1].path.endswith("checkpoint_000003")
+    assert fill_missing_checkpoints_at(f"s3://{exp}") == 0  # a second restore: nothing more
+
+
+def test_a_trial_pending_at_the_last_snapshot_finds_its_checkpoints_after_a_restore(s3, tmp_path, monkeypatch):
+    """Tune names a trial's dir when the trial starts. A trial pending at the last snapshot that reached the
+    bucket, started after it and lost with the head, was named anew by the restore (Tune's default name ends
+    with the start time), beside its task checkpoints: it found none and trained from task 1 (seen in CI, a
+    trial two tasks in). Named when Tune makes it (``trial_dirname``), the restored trial has its old dir on
+    a fresh head; restored in the Ray session that named it, Tune adds a suffix, and the trial's checkpoints
+    are found in the dir of its earlier attempt all the same (``other_dirs_of``), as in sweeps made before."""
+    from copy import copy
+
+    from ray.train._internal import storage as ray_storage
+    from ray.tune import PlacementGroupFactory
+    from ray.tune.experiment import Trial
+
+    from sweeps.trainable import newest_checkpoint_in, other_dirs_of, trial_dirname
+
+    _, fs = s3
+    session = [tmp_path / "head1"]  # a Ray session's dir on the driver's node: Tune's staging dirs
+    monkeypatch.setattr(ray_storage, "_get_ray_train_session_dir", lambda: str(session[0]))
+
+    def started_then_restored(creator, *, fresh_head: bool) -> tuple[Trial, Trial]:
+        storage = ray_storage.StorageContext(f"{BUCKET}/pending", "search", storage_filesystem=fs)
+        trial = Trial("pah_trial", config={"train.lr": 0.002}, trial_id="e3510796", experiment_tag="3_train.lr=0.002",
+                      storage=storage, stub=True, trial_dirname_creator=creator,
+                      placement_group_factory=PlacementGroupFactory([{"CPU": 1}]))
+        trial.create_placement_group_factory()  # as Tune does when it adds the trial
+        snapshot, _ = trial.get_json_state()  # the last snapshot to reach the bucket: the trial is pending
+        trial.init_local_path()  # it starts, and is named
+        time.sleep(1.1)  # (Tune's default name holds the time, to the second)
+        if fresh_head:
+            session[0] = tmp_path / f"head{len(str(session[0]))}"
+        restored = Trial.from_json_state(snapshot, stub=True)
+        restored.set_storage(copy(restored.storage))
+        restored.init_local_path()
+        return trial, restored
+
+    trial, restored = started_then_restored(trial_dirname, fresh_head=True)
+    assert restored.storage.trial_dir_name == trial.storage.trial_dir_name == "pah_trial_e3510796_3_train.lr=0.002"
+    assert restored.storage.trial_fs_path == trial.storage.trial_fs_path  # where its checkpoints are
+    trial, restored = started_then_restored(None, fresh_head=True)  # Tune's default: named anew
+    assert restored.storage.trial_dir_name != trial.storage.trial_dir_name
+    trial, restored = started_then_restored(trial_dirname, fresh_head=False)  # the same session: a suffix
+    assert restored.storage.trial_dir_name.startswith(trial.storage.trial_dir_name + "_")
+
+    # the earlier attempt's task checkpoint, in its dir; another trial's, and a file, beside it
+    for path in (f"{trial.storage.trial_fs_path}/checkpoint_000001", f"{BUCKET}/pending/search/pah_trial_0e351079_1_x"
+                 f"/checkpoint_000003"):
+        fs.create_dir(path)
+        with fs.open_output_stream(f"{path}/meta.json") as f:
+            f.write(b'{"tasks_completed": 2, "state_bytes": 2}')
+        with fs.open_output_stream(f"{path}/state.pt") as f:
+            f.write(b"22")
+    with fs.open_output_stream(f"{BUCKET}/pending/search/pah_trial_e3510796_file") as f:
+        f.write(b"not a dir")
+    others = other_dirs_of(fs, restored.storage.trial_fs_path, "e3510796")
+    assert trial.storage.trial_fs_path in others and restored.storage.trial_fs_path not in others
+    assert all("_e3510796_" in o for o in others), others
+    assert [newest_checkpoint_in(fs, o)[0][0] for o in others if newest_checkpoint_in(fs, o)[0]] == [2]
+    assert other_dirs_of(fs, f"{BUCKET}/pending/search/unnamed", "e3510796") == []
+
+
 def test_a_tune_checkpoint_holding_another_tasks_state_is_not_resumed_from(s3, tmp_path):
     """Tune's own checkpoint is checked as the stored ones are: an attempt cut off while it retried a report
     can write into the dir Tune recorded (seen in CI, the head lost: task 4's meta.json beside task 3's

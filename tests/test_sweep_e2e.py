@@ -184,6 +184,11 @@ def test_quickstart_end_to_end(tmp_path):
     assert re.search(r"\[search\] \S+ \S+ start  \(base config\) lr=0.002, head_lr=0.002, lambda_kd=0.5", out)
     for d in (sweep / "trials" / "search").iterdir():
         assert (d / "result.json").exists() or json.loads((d / "stopped.json").read_text())["by"] == "asha", d
+    # Tune's dir of a trial is named when Tune makes the trial (no start time in it): a restore finds it
+    tune_dirs = sorted(d.name for d in (sweep / "tune" / "search").glob("pah_trial_*") if d.is_dir())
+    assert [re.fullmatch(r"pah_trial_([0-9a-f]{8})_\d+_\S+", n).group(1) for n in tune_dirs] == sorted(
+        d.name for d in (sweep / "trials" / "search").iterdir()), tune_dirs
+    assert not [n for n in tune_dirs if re.search(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", n)], tune_dirs
     assert "best vs base config over 3 vs 3 seed(s)" in out and "verdict: " in out
     report = (sweep / "report.html").read_text()
     assert f"report: {sweep / 'report.html'}" in out and report.count("<img") >= 2 * len(cands) + 2
