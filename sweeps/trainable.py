@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -252,11 +253,9 @@ def trial_dirname(trial: Any) -> str:
 
     Tune names a trial's dir when the trial first starts, with the time it starts, and records the name in
     its state only at its next snapshot. A trial pending at the last snapshot that reached the bucket,
-    started after it and lost with the head, was named anew on the restore, in a dir beside its task
-    checkpoints: it found none and trained from task 1 (seen in CI: a trial two tasks in started over).
+    started after it and lost with the head, would be named anew on the restore, in a dir beside its
+    task checkpoints, and find none (read in Tune's ``Trial.init_local_path``; not seen in a run).
     A name fixed when Tune makes the trial is in every snapshot that holds the trial."""
-    import re
-
     name = f"{trial.trainable_name}_{trial.trial_id}_{trial.experiment_tag}"[:100]
     return re.sub(r'[/()<>:"\\|?*\s]', "_", name)
 

@@ -90,6 +90,11 @@ def _read(fs, path: str) -> bytes:
         return f.read()
 
 
+def _put(fs, path: str, data: bytes) -> None:
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
 def _log_lines(fs, path: str) -> list[str]:
     try:
         return _read(fs, path).decode().splitlines()
@@ -407,19 +412,13 @@ def test_the_newest_task_checkpoint_in_the_bucket_is_found_though_tune_never_hea
         d = f"{trial}/checkpoint_{index:06d}"
         fs.create_dir(d)
         if tasks:
-            with fs.open_output_stream(f"{d}/meta.json") as f:
-                f.write(json.dumps({"tasks_completed": tasks}).encode())
-        with fs.open_output_stream(f"{d}/state.pt") as f:
-            f.write(b"x" * tasks)
-    with fs.open_output_stream(f"{trial}/checkpoint_junk/meta.json") as f:  # not Tune's name: ignored
-        f.write(b'{"tasks_completed": 9}')
+            _put(fs, f"{d}/meta.json", json.dumps({"tasks_completed": tasks}).encode())
+        _put(fs, f"{d}/state.pt", b"x" * tasks)
+    _put(fs, f"{trial}/checkpoint_junk/meta.json", b'{"tasks_completed": 9}')  # not Tune's name: ignored
     # part-written by a node lost mid-upload: meta.json without state.pt, a state.pt short of its recorded size
-    with fs.open_output_stream(f"{trial}/checkpoint_000004/meta.json") as f:
-        f.write(b'{"tasks_completed": 5}')
-    with fs.open_output_stream(f"{trial}/checkpoint_000005/meta.json") as f:
-        f.write(b'{"tasks_completed": 4, "state_bytes": 100}')
-    with fs.open_output_stream(f"{trial}/checkpoint_000005/state.pt") as f:
-        f.write(b"xxx")
+    _put(fs, f"{trial}/checkpoint_000004/meta.json", b'{"tasks_completed": 5}')
+    _put(fs, f"{trial}/checkpoint_000005/meta.json", b'{"tasks_completed": 4, "state_bytes": 100}')
+    _put(fs, f"{trial}/checkpoint_000005/state.pt", b"xxx")
     best, top = newest_checkpoint_in(fs, trial)
     assert top == 5
     assert best is not None and best[0] == 2 and best[1].path.endswith("checkpoint_000001")
@@ -441,17 +440,13 @@ def test_before_a_restore_a_half_uploaded_checkpoint_overwrites_nothing(s3, monk
         monkeypatch.setenv(k, v)
     exp = f"{BUCKET}/restore/tune/search"
 
-    def put(path: str, data: bytes) -> None:
-        with fs.open_output_stream(path) as f:
-            f.write(data)
-
     cut = f"{exp}/pah_trial_aaaa0000_1_train_lr=0.002"
-    put(f"{cut}/checkpoint_000000/state.pt", b"1")
-    put(f"{cut}/checkpoint_000000/meta.json", b'{"tasks_completed": 1, "state_bytes": 1}')
-    put(f"{cut}/checkpoint_000001/meta.json", b'{"tasks_completed": 2, "state_bytes": 2}')  # its state.pt never came
+    _put(fs, f"{cut}/checkpoint_000000/state.pt", b"1")
+    _put(fs, f"{cut}/checkpoint_000000/meta.json", b'{"tasks_completed": 1, "state_bytes": 1}')
+    _put(fs, f"{cut}/checkpoint_000001/meta.json", b'{"tasks_completed": 2, "state_bytes": 2}')  # its state.pt never came
     gone = f"{exp}/pah_trial_bbbb0000_2_train_lr=0.003"  # num_to_keep=1 deleted 0-2
-    put(f"{gone}/checkpoint_000003/state.pt", b"4444")
-    put(f"{gone}/checkpoint_000003/meta.json", b'{"tasks_completed": 4, "state_bytes": 4}')
+    _put(fs, f"{gone}/checkpoint_000003/state.pt", b"4444")
+    _put(fs, f"{gone}/checkpoint_000003/meta.json", b'{"tasks_completed": 4, "state_bytes": 4}')
     before = {p: _read(fs, p) for p in (f"{cut}/checkpoint_000000/meta.json", f"{cut}/checkpoint_000000/state.pt",
                                                f"{cut}/checkpoint_000001/meta.json")}
 
@@ -468,9 +463,8 @@ def test_before_a_restore_a_half_uploaded_checkpoint_overwrites_nothing(s3, monk
 
 def test_a_trial_pending_at_the_last_snapshot_finds_its_checkpoints_after_a_restore(s3, tmp_path, monkeypatch):
     """Tune names a trial's dir when the trial starts. A trial pending at the last snapshot that reached the
-    bucket, started after it and lost with the head, was named anew by the restore (Tune's default name ends
-    with the start time), beside its task checkpoints: it found none and trained from task 1 (seen in CI, a
-    trial two tasks in). Named when Tune makes it (``trial_dirname``), the restored trial has its old dir on
+    bucket, started after it and lost with the head, is named anew by the restore (Tune's default name ends
+    with the start time), beside its task checkpoints, and would find none. Named when Tune makes it (``trial_dirname``), the restored trial has its old dir on
     a fresh head; restored in the Ray session that named it, Tune adds a suffix, and the trial's checkpoints
     are found in the dir of its earlier attempt all the same (``other_dirs_of``), as in sweeps made before."""
     from copy import copy
@@ -482,7 +476,8 @@ def test_a_trial_pending_at_the_last_snapshot_finds_its_checkpoints_after_a_rest
     from sweeps.trainable import newest_checkpoint_in, other_dirs_of, trial_dirname
 
     _, fs = s3
-    session = [tmp_path / "head1"]  # a Ray session's dir on the driver's node: Tune's staging dirs
+    heads = iter(range(1, 100))
+    session = [tmp_path / f"head{next(heads)}"]  # a Ray session's dir on the driver's node: Tune's staging dirs
     monkeypatch.setattr(ray_storage, "_get_ray_train_session_dir", lambda: str(session[0]))
 
     def started_then_restored(creator, *, fresh_head: bool) -> tuple[Trial, Trial]:
@@ -495,7 +490,7 @@ def test_a_trial_pending_at_the_last_snapshot_finds_its_checkpoints_after_a_rest
         trial.init_local_path()  # it starts, and is named
         time.sleep(1.1)  # (Tune's default name holds the time, to the second)
         if fresh_head:
-            session[0] = tmp_path / f"head{len(str(session[0]))}"
+            session[0] = tmp_path / f"head{next(heads)}"
         restored = Trial.from_json_state(snapshot, stub=True)
         restored.set_storage(copy(restored.storage))
         restored.init_local_path()
@@ -512,17 +507,14 @@ def test_a_trial_pending_at_the_last_snapshot_finds_its_checkpoints_after_a_rest
     # the earlier attempt's task checkpoint, in its dir; another trial's, and a file, beside it
     for path in (f"{trial.storage.trial_fs_path}/checkpoint_000001", f"{BUCKET}/pending/search/pah_trial_0e351079_1_x"
                  f"/checkpoint_000003"):
-        fs.create_dir(path)
-        with fs.open_output_stream(f"{path}/meta.json") as f:
-            f.write(b'{"tasks_completed": 2, "state_bytes": 2}')
-        with fs.open_output_stream(f"{path}/state.pt") as f:
-            f.write(b"22")
-    with fs.open_output_stream(f"{BUCKET}/pending/search/pah_trial_e3510796_file") as f:
-        f.write(b"not a dir")
+        _put(fs, f"{path}/meta.json", b'{"tasks_completed": 2, "state_bytes": 2}')
+        _put(fs, f"{path}/state.pt", b"22")
+    _put(fs, f"{BUCKET}/pending/search/pah_trial_e3510796_file", b"not a dir")
     others = other_dirs_of(fs, restored.storage.trial_fs_path, "e3510796")
     assert trial.storage.trial_fs_path in others and restored.storage.trial_fs_path not in others
     assert all("_e3510796_" in o for o in others), others
-    assert [newest_checkpoint_in(fs, o)[0][0] for o in others if newest_checkpoint_in(fs, o)[0]] == [2]
+    found = [newest_checkpoint_in(fs, o)[0] for o in others]
+    assert [f[0] for f in found if f] == [2]
     assert other_dirs_of(fs, f"{BUCKET}/pending/search/unnamed", "e3510796") == []
 
 
