@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -113,10 +114,17 @@ def fake_autoscaler_config(settings: dict, gcs_address: str, *, v2: bool) -> dic
     }
 
 
+_GIVEN: set[int] = set()
+
+
 def _free_port() -> int:
+    """A free port not handed out before in this process: the two clusters, started together, share none."""
     from launch.cluster import free_port
 
-    return free_port()
+    while (port := free_port()) in _GIVEN:
+        pass
+    _GIVEN.add(port)
+    return port
 
 
 def _pids_naming(text: str) -> list[int]:
@@ -242,25 +250,39 @@ def _fake_provider_missing() -> str | None:
     return None
 
 
-@pytest.fixture
-def cluster(request, tmp_path):
-    """A fake cluster for ``request.param``: (template, how the autoscaler reads it, autoscaler v2?)."""
+#: the two cases: (template, how the autoscaler reads it, autoscaler v2?)
+CASES = {"aws-gpu-autoscaler-v2": ("aws-gpu.yaml", launcher_settings, True),
+         "kuberay-autoscaler-v1": ("kuberay.yaml", kuberay_settings, False)}
+
+
+def test_template_autoscalers_add_workers_for_pending_trials_and_remove_them_when_idle(request, tmp_path):
+    """Both cases at once, each its own fake cluster and sweep (``_scales``): most of each is waiting (for the
+    autoscaler's loop, a node's start, the idle timeout), so together they take about the time of one."""
     reason = _fake_provider_missing()
     if reason:
         pytest.skip(reason)
-    name, read, v2 = request.param
-    config = fake_autoscaler_config(read(name), f"127.0.0.1:{_free_port()}", v2=v2)
-    c = FakeCluster(config, tmp_path, v2=v2)
-    request.addfinalizer(c.stop)
-    return c
+    clusters = {}
+    for case, (name, read, v2) in CASES.items():
+        (tmp_path / case).mkdir()
+        config = fake_autoscaler_config(read(name), f"127.0.0.1:{_free_port()}", v2=v2)
+        clusters[case] = FakeCluster(config, tmp_path / case, v2=v2)
+        request.addfinalizer(clusters[case].stop)
+    with ThreadPoolExecutor(max_workers=len(clusters)) as pool:
+        runs = {case: pool.submit(_scales, c, tmp_path / case) for case, c in clusters.items()}
+    said = {}
+    for case, run in runs.items():
+        try:
+            print(run.result())
+        except BaseException as e:  # pytest.fail's Failed is a BaseException
+            said[case] = f"{type(e).__name__}: {e}"
+    assert not said, "\n\n".join(f"[{case}] {what}" for case, what in said.items())
 
 
-@pytest.mark.parametrize("cluster", [("aws-gpu.yaml", launcher_settings, True), ("kuberay.yaml", kuberay_settings, False)],
-                         ids=["aws-gpu-autoscaler-v2", "kuberay-autoscaler-v1"], indirect=True)
-def test_template_autoscaler_adds_workers_for_pending_trials_and_removes_them_when_idle(cluster, tmp_path):
+def _scales(cluster: FakeCluster, tmp_path: Path) -> str:
     """0-CPU head, the template's min_workers up before any demand; a sweep of 4 one-CPU trials, 2 at a
     time: the trial that cannot start makes the autoscaler add a node, trials run there, every trial
-    finishes; once idle for idle_timeout (and not before), the added node goes and min_workers stay."""
+    finishes; once idle for idle_timeout (and not before), the added node goes and min_workers stay.
+    Returns what it saw, in a line."""
     t0 = time.monotonic()
     (worker_type,) = (n for n in cluster.config["available_node_types"] if n != HEAD_TYPE)
     lo = cluster.config["available_node_types"][worker_type]["min_workers"]
@@ -336,7 +358,7 @@ def test_template_autoscaler_adds_workers_for_pending_trials_and_removes_them_wh
         said = rf"Terminating the node with id {node}\b.*\(idle\)|cloud_instance_id={node}\b.*draining ray: idle for"
         assert re.search(said, log), (node, log[-3000:])
     per_node = sorted(list(ran_on.values()).count(n) for n in set(ran_on.values()))
-    print(f"\nfake autoscaling, v{2 if cluster.v2 else 1} ({worker_type}: min {lo}, max {hi}; "
-          f"upscaling_speed {cluster.config['upscaling_speed']}; idle {idle_s:.0f} s): min_workers up in {up_s:.0f} s; sweep {sweep_s:.0f} s, node(s) added "
-          f"{', '.join(f'{s:.0f}' for s in added.values())} s into it, trials per node {per_node}; min_workers again "
-          f"{down_s:.0f} s after it; test {time.monotonic() - t0:.0f} s, load {os.getloadavg()[0]:.1f}")
+    return (f"fake autoscaling, v{2 if cluster.v2 else 1} ({worker_type}: min {lo}, max {hi}; "
+            f"upscaling_speed {cluster.config['upscaling_speed']}; idle {idle_s:.0f} s): min_workers up in {up_s:.0f} s; sweep {sweep_s:.0f} s, node(s) added "
+            f"{', '.join(f'{s:.0f}' for s in added.values())} s into it, trials per node {per_node}; min_workers again "
+            f"{down_s:.0f} s after it; test {time.monotonic() - t0:.0f} s, load {os.getloadavg()[0]:.1f}")

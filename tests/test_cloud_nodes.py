@@ -7,9 +7,9 @@ moves between nodes only through the bucket. The sweeps are submitted from this 
 user would: ``pah launch ray SPEC --address http://HEAD:8265 --storage s3://...``.
 
 The worker node lost comes first (its sweep runs on both workers), and in the same sweep a node
-joining: the trials queue on the one worker the loss left, and a third joins; then the partition of
-that third node, the head lost, and last a node that cannot reach the bucket, which fails a sweep in
-one line.
+joining (the trials queue on the one worker the loss left, and a third joins) and then the partition
+of that third node; then the head lost, and last a node that cannot reach the bucket, which fails a
+sweep in one line.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -167,9 +168,9 @@ def _checkpointed(fs, prefix: str, tid: str, files: list[str]) -> int:
 
 
 def _mid_trial_on(cluster: NetnsCluster, fs, prefix: str, nodes: tuple[str, ...]) -> str | None:
-    """A trial running on one of ``nodes`` with 2 or 3 tasks trained in this attempt and a task checkpoint in
-    the bucket: Tune has the report of the task before the last (the trial went on past it), and 2 tasks to
-    go leave time for a fault before the trial ends."""
+    """A trial running on one of ``nodes``, 2 or 3 of its tasks trained, at least one of them in this attempt,
+    and a task checkpoint in the bucket: Tune has the report of the task before the last (the trial went on
+    past it), and 2 tasks to go leave time for a fault before the trial ends."""
     files = _files(fs, prefix)
     on = set().union(*(cluster.pids(n) for n in nodes))
     for rel in files:
@@ -182,8 +183,8 @@ def _mid_trial_on(cluster: NetnsCluster, fs, prefix: str, nodes: tuple[str, ...]
         starts = [i for i, ln in enumerate(lines) if STARTED.search(ln)]
         if not starts or int(STARTED.search(lines[starts[-1]]).group(1)) not in on:
             continue
-        trained = sum(1 for ln in lines[starts[-1]:] if TRAINED.search(ln))
-        if trained in (2, 3) and _checkpointed(fs, prefix, tid, files) >= 1:
+        here = [int(m.group(2)) for ln in lines[starts[-1]:] if (m := TRAINED.search(ln))]
+        if here and max(here) in (2, 3) and _checkpointed(fs, prefix, tid, files) >= 1:
             return tid
     return None
 
@@ -213,24 +214,37 @@ def _reference(fs, prefix: str, victim: str, epochs: int, out: Path, request) ->
     return ref
 
 
-def _nothing_lost(sweep: Path, *, finished_before: set[str], victim: str, ckpt_at_fault: int, hit: set[int],
-                  ref: subprocess.Popen, ref_out: Path, n: int = 4) -> set[str]:
-    """The verdicts every fault shares; returns the trials the fault hit (``hit``: the pids it ended).
+@dataclass
+class Fault:
+    """One fault of a sweep: what it was, the pids it ended (or cut off), the trials finished before it, and
+    its victim: a trial it hit mid-way, with ``ckpt`` tasks checkpointed in the bucket at that moment."""
 
-    Every trial trained every task; a trial that finished before the fault, or never ran in a process the
-    fault ended, trained each task once in one start; a trial the fault hit continued in another process
-    from its last task checkpoint (not from scratch) and trained again at most the task in progress; the
-    victim ends with the accuracy matrix of an uninterrupted run; optuna.db and the W&B runs hold every
-    trial once, complete."""
+    what: str
+    hit: set[int]
+    finished_before: set[str]
+    victim: str
+    ckpt: int
+
+
+def _nothing_lost(sweep: Path, faults: list[Fault], refs: dict[str, tuple[subprocess.Popen, Path]],
+                  n: int = 4) -> list[set[str]]:
+    """The verdicts every fault shares; returns, per fault, the trials it hit.
+
+    Every trial trained every task; a trial that no fault hit (finished before it, or never ran in a process
+    it ended) trained each task once in one start; after each fault that hit it a trial continued in another
+    process from its last task checkpoint (not from scratch) and trained again at most the task in progress;
+    each victim (``refs``: its uninterrupted run, started by ``_reference``) ends with the accuracy matrix of
+    an uninterrupted run; optuna.db and the W&B runs hold every trial once, complete."""
     results = _results(sweep, "search")
     assert len(results) == n, sorted(results)
-    was_hit = set()
+    was_hit: list[set[str]] = [set() for _ in faults]
     for tid in results:
         lines = _log_lines(sweep / "trials" / "search" / tid)
 
         def said(extra: str = "", tid=tid, lines=lines) -> str:  # whole, not cut short as a repr would be
             files = sorted(str(p.relative_to(sweep)) for p in (sweep / "tune" / "search").glob(f"*_{tid}_*/*"))
-            return "\n".join([f"trial {tid} (hit: pids {sorted(hit)}) {extra}", *lines, "its Tune dirs:", *files])
+            hits = "; ".join(f"{f.what}: pids {sorted(f.hit)}" for f in faults)
+            return "\n".join([f"trial {tid} ({hits}) {extra}", *lines, "its Tune dirs:", *files])
 
         trained = Counter(int(m.group(2)) for ln in lines if (m := TRAINED.search(ln)))
         assert sorted(trained) == [1, 2, 3, 4, 5], said()  # every task, in the end
@@ -238,29 +252,38 @@ def _nothing_lost(sweep: Path, *, finished_before: set[str], victim: str, ckpt_a
         # and ends at once, training nothing: "start tasks_done=4 (finished already)")
         starts = [(int(m.group(1)), int(m.group(2))) for ln in lines
                   if (m := STARTED.search(ln)) and "finished already" not in ln]
-        if tid in finished_before or not any(pid in hit for pid, _ in starts):
-            # finished before the fault (maybe in a process it ended: Tune reuses a worker process for the
-            # next trial), or never there: each task trained once, and no start after the fault
+        # a fault hit the trial if one of its starts ran in a process the fault ended, and the trial had not
+        # finished before it (Tune reuses a worker process for the next trial)
+        hits = [i for i, f in enumerate(faults)
+                if tid not in f.finished_before and any(pid in f.hit for pid, _ in starts)]
+        if not hits:  # each task trained once, in one start
             assert set(trained.values()) == {1} and len(starts) == 1, said()
             continue
-        was_hit.add(tid)
-        last_hit = max(i for i, (pid, _) in enumerate(starts) if pid in hit)
-        assert len(starts) > last_hit + 1, said()
-        resumed_pid, resumed_at = starts[last_hit + 1]
-        assert resumed_pid not in hit
-        # (the newest checkpoint may have reached the bucket before its report reached Tune: then it trains
-        # that task again, and the task it had been training was not logged yet)
-        # (a trial the fault hit right after its start may have had no checkpoint yet: it starts over, having
-        # lost the task in progress, its first)
-        assert resumed_at >= (max(1, ckpt_at_fault - 1) if tid == victim else 0), said(f'checkpointed at the fault: {ckpt_at_fault}')
-        again = [k for k, c in trained.items() if c > 1]
-        assert all(trained[k] == 2 for k in again) and again in ([], [resumed_at + 1]), said()
-    assert victim in was_hit
-    _, err = ref.communicate(timeout=180)
-    assert ref.returncode == 0, err
-    expected = json.loads((ref_out / "result.json").read_text())
-    assert results[victim]["config_id"] == expected["config_id"] and results[victim]["seed"] == expected["seed"]
-    assert results[victim]["acc_matrix"] == expected["acc_matrix"]  # as if the fault had never happened
+        resumed_at = []
+        for i in hits:
+            f = faults[i]
+            was_hit[i].add(tid)
+            last_hit = max(j for j, (pid, _) in enumerate(starts) if pid in f.hit)
+            assert len(starts) > last_hit + 1, said(f"(no start after {f.what})")
+            pid, at = starts[last_hit + 1]
+            assert pid not in f.hit, said()
+            # (the newest checkpoint may have reached the bucket before its report reached Tune: then it trains
+            # that task again, and the task it had been training was not logged yet)
+            # (a trial the fault hit right after its start may have had no checkpoint yet: it starts over, having
+            # lost the task in progress, its first)
+            assert at >= (max(1, f.ckpt - 1) if tid == f.victim else 0), said(f"(checkpointed at {f.what}: {f.ckpt})")
+            resumed_at.append(at)
+        # trained again: at most the task each continuation started with, once per continuation
+        may = Counter(at + 1 for at in resumed_at)
+        assert all(c - 1 <= may[k] for k, c in trained.items()), said()
+    for f, hit in zip(faults, was_hit, strict=True):
+        assert f.victim in hit, (f.what, f.victim, hit)
+    for victim, (ref, ref_out) in refs.items():
+        _, err = ref.communicate(timeout=180)
+        assert ref.returncode == 0, err
+        expected = json.loads((ref_out / "result.json").read_text())
+        assert results[victim]["config_id"] == expected["config_id"] and results[victim]["seed"] == expected["seed"]
+        assert results[victim]["acc_matrix"] == expected["acc_matrix"]  # as if the faults had never happened
     ids = _in_optuna_db(sweep)
     assert len(ids) == len(set(ids)) and set(results) <= set(ids), ids
     assert check_wandb_runs(sweep, "search") == n
@@ -271,7 +294,7 @@ def _finished(files: list[str]) -> set[str]:
     return {rel.split("/")[2] for rel in files if rel.startswith("trials/search/") and rel.endswith("/result.json")}
 
 
-# --------------------------------------------------------------------------- a worker node lost, a node joining
+# --------------------------------------------------------------------------- a worker lost, a node joining, a partition
 
 
 def _hold_a_trial_on(cluster: NetnsCluster, fs, prefix: str, node: str, proc, log: Path, t0: float) -> int:
@@ -296,49 +319,96 @@ def _hold_a_trial_on(cluster: NetnsCluster, fs, prefix: str, node: str, proc, lo
     pytest.fail(f"never saw a trial running on {node}:\n{log.read_text()[-4000:]}")
 
 
-def test_a_worker_node_lost_mid_trial_then_a_node_joining_gets_trials(cloud, tmp_path, request):
-    """Every process of worker w2 SIGKILLed (a spot reclaim) while a trial there is mid-way, its task
-    checkpoints in the bucket; then a new node w3 joins, as an autoscaler's or a user's new instance
-    does. The sweep ends normally: the trial the loss hit continues on w3 from its last task checkpoint,
-    at most the task in progress trained again, with the accuracy matrix of an uninterrupted run; w3
-    shares no file with the others; optuna.db and the W&B runs hold every trial once.
+def _alive(cluster: NetnsCluster) -> set[str]:
+    """The addresses of the nodes that the GCS on the head holds alive."""
+    from ray._raylet import GcsClient
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
 
-    (One sweep for both faults: each sweep costs this file most of a minute.) w1's trial is held
-    (SIGSTOP, a slow trial; its raylet answers Ray's health checks on) from before the loss until w3 has
-    registered, so that the lost trial and the queued ones wait for the node that joins: on a busy machine
-    a node takes longer to start than the rest of the tiny sweep takes on w1 alone."""
+    nodes = GcsClient(address=f"{cluster.head_ip}:6379").get_all_node_info(
+        timeout=10, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
+    return {n.node_manager_address for n in nodes.values()}
+
+
+def test_a_worker_lost_a_node_joining_and_a_worker_partitioned_in_one_sweep(cloud, tmp_path, request):
+    """Three faults of a cloud cluster, one after the other in one sweep (a sweep costs this file most of a
+    minute); after each, nothing is lost (``_nothing_lost``):
+
+    1. **a worker lost**: every process of w2 SIGKILLed (a spot reclaim) while a trial there is mid-way,
+       its task checkpoints in the bucket;
+    2. **a node joining**: right after, w3 joins, as an autoscaler's or a user's new instance does; the
+       lost trial continues there (w1's trial is held, SIGSTOP, from before the loss until w3 has
+       registered, so that what waits can only go to w3: on a busy machine a node takes longer to start
+       than the rest of the tiny sweep takes on w1 alone);
+    3. **a worker partitioned**: once a trial on w3 is mid-way, w3's link is cut until Ray has declared
+       the node dead (no connection closes, unlike a kill: its processes run on, unreachable); the link
+       comes back, a replacement w5 joins, and w3 learns it was declared dead and ends its own processes
+       (the partitioned trial does not go on beside its continuation).
+
+    Each victim continues on another node from its last task checkpoint, at most the task in progress
+    trained again, and ends with the accuracy matrix of an uninterrupted run of its config; optuna.db and
+    the W&B runs hold every trial once."""
     cluster, fs = cloud
     t0 = time.monotonic()
-    name, lost, epochs = "lost", "w2", 2  # a task takes ~2 s on a worker: room to kill between two checkpoints
+    name, lost, cut, epochs = "faults", "w2", "w3", 2  # a task takes ~2 s on a worker: room between checkpoints
     prefix = f"{BUCKET}/sweeps/{name}"
     log = tmp_path / "out.txt"
     proc = _launch(cluster, _tiny_spec(tmp_path / f"{name}.yaml", epochs=epochs), name, log, request)
+    faults: list[Fault] = []
+    refs: dict[str, tuple[subprocess.Popen, Path]] = {}
+
+    def fault(what: str, victim: str, hit: set[int]) -> None:
+        files = _files(fs, prefix)
+        faults.append(Fault(what, hit, _finished(files), victim, _checkpointed(fs, prefix, victim, files)))
+        if victim not in refs:
+            refs[victim] = (_reference(fs, prefix, victim, epochs, tmp_path / f"ref-{victim}", request),
+                            tmp_path / f"ref-{victim}")
+
+    # 1 and 2: w2 lost, w3 joining
     held = _hold_a_trial_on(cluster, fs, prefix, "w1", proc, log, t0)
     request.addfinalizer(lambda: _cont(held))
     try:
         victim = _wait_mid_trial(cluster, fs, prefix, (lost,), proc, log, t0)
-        killed = cluster.kill(lost)
+        fault(f"{lost} lost", victim, cluster.kill(lost))
         t_kill = time.monotonic()
-        files = _files(fs, prefix)
-        finished_before, ckpt = _finished(files), _checkpointed(fs, prefix, victim, files)
-        ref = _reference(fs, prefix, victim, epochs, tmp_path / "ref", request)
-        joined = cluster.add_worker("w3")
+        joined = cluster.add_worker(cut)
     finally:
         _cont(held)
     t_join = time.monotonic() - t_kill
 
+    # 3: w3 cut off until Ray declares it dead; a replacement joins meanwhile, then the link comes back
+    victim = _wait_mid_trial(cluster, fs, prefix, (cut,), proc, log, t0)
+    hit = cluster.pids(cut)
+    cluster.cut(cut)
+    request.addfinalizer(lambda: cluster.heal(cut))  # a no-op once healed
+    t_cut = time.monotonic()
+    fault(f"{cut} cut off", victim, hit)
+    while joined in _alive(cluster):
+        assert time.monotonic() - t_cut < 90, f"Ray did not declare {cut} dead within 90 s of the cut"
+        time.sleep(0.5)
+    dead_s = time.monotonic() - t_cut
+    assert _raylet_in(cluster, cut)  # cut off, not dead: its processes ran on
+    cluster.heal(cut)
+    t_heal = time.monotonic()
+    replacement = cluster.add_worker("w5")  # as an autoscaler replaces a dead node
+
     out = _wait(proc, log, 300)
     assert "state: SUCCEEDED" in out, out[-4000:]
     sweep = _local_copy(fs, prefix, tmp_path / "copy")
-    hit = _nothing_lost(sweep, finished_before=finished_before, victim=victim, ckpt_at_fault=ckpt, hit=killed,
-                        ref=ref, ref_out=tmp_path / "ref")
+    hit_lost, hit_cut = _nothing_lost(sweep, faults, refs)
     results = _results(sweep, "search")
-    assert all(results[tid]["env"]["node_ip"] == joined for tid in hit), (hit, joined)  # continued on w3
+    assert all(results[tid]["env"]["node_ip"] == joined for tid in hit_lost - hit_cut), (hit_lost, joined)  # on w3
     nodes = Counter(r["env"].get("node_ip") for r in results.values())
-    assert set(nodes) <= {cluster.workers["w1"], cluster.workers[lost], joined}, nodes  # none on the head
-    print(f"worker {lost} lost (trial {victim} at {ckpt} tasks checkpointed), w3 joined {t_join:.0f} s later: "
-          f"trials per node {dict(nodes)}; the sweep ended {time.monotonic() - t_kill:.0f} s after the loss; "
-          f"{time.monotonic() - t0:.0f} s in all")
+    assert set(nodes) <= {cluster.workers["w1"], cluster.workers[lost], joined, replacement}, nodes  # none on the head
+    assert not hit_cut & {tid for tid, r in results.items() if r["env"]["node_ip"] == joined}  # none ended on w3
+    # once healed, w3 learns that Ray declared it dead and ends its own processes
+    while _raylet_in(cluster, cut) and time.monotonic() - t_heal < 60:
+        time.sleep(0.5)
+    ended_s = time.monotonic() - t_heal
+    assert not _raylet_in(cluster, cut), f"{cut}'s raylet still runs {ended_s:.0f} s after the link came back"
+    print(f"{lost} lost (trial {faults[0].victim} at {faults[0].ckpt} tasks checkpointed), {cut} joined {t_join:.0f} s "
+          f"later; {cut} cut off (trial {faults[1].victim} at {faults[1].ckpt} tasks checkpointed), declared dead "
+          f"{dead_s:.0f} s later, healed after {t_heal - t_cut:.0f} s, its raylet ended itself {ended_s:.0f} s after "
+          f"that; trials per node {dict(nodes)}; {time.monotonic() - t0:.0f} s in all")
 
 
 def _cont(pid: int) -> None:
@@ -346,9 +416,6 @@ def _cont(pid: int) -> None:
         os.kill(pid, signal.SIGCONT)
     except ProcessLookupError:
         pass
-
-
-# --------------------------------------------------------------------------- a worker partitioned
 
 
 def _raylet_in(cluster: NetnsCluster, node: str) -> bool:
@@ -360,56 +427,6 @@ def _comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
-
-
-def test_a_worker_partitioned_past_the_node_death_timeout_then_healed(cloud, tmp_path, request):
-    """Worker w3's link cut while a trial there is mid-way, for longer than Ray's node-death timeout: its
-    processes run on but nothing reaches them (no connection closes, unlike a kill). Ray declares the node
-    dead, its trial continues on w1 from its last task checkpoint in the bucket; when the link comes back
-    the node learns it was declared dead and ends its own processes (the partitioned trial does not go on
-    beside its continuation), and it rejoins as a new node. Nothing is lost, nothing trained twice but the
-    task in progress."""
-    cluster, fs = cloud
-    cut, epochs = "w3", 2
-    if cut not in cluster.workers or not _raylet_in(cluster, cut):  # the lost-and-joining test deselected
-        cluster.add_worker(cut)
-    t0 = time.monotonic()
-    name = "partition"
-    prefix = f"{BUCKET}/sweeps/{name}"
-    log = tmp_path / "out.txt"
-    proc = _launch(cluster, _tiny_spec(tmp_path / f"{name}.yaml", epochs=epochs), name, log, request)
-    victim = _wait_mid_trial(cluster, fs, prefix, (cut,), proc, log, t0)
-    hit = cluster.pids(cut)
-    cluster.cut(cut)
-    request.addfinalizer(lambda: cluster.heal(cut))  # a no-op once healed
-    t_cut = time.monotonic()
-    files = _files(fs, prefix)
-    finished_before, ckpt = _finished(files), _checkpointed(fs, prefix, victim, files)
-    ref = _reference(fs, prefix, victim, epochs, tmp_path / "ref", request)
-    # Ray's node-death timeout here: 5 missed checks a second apart, each given 2 s (HEALTH), so about 7 s;
-    # the link stays down three times that
-    time.sleep(max(0.0, PARTITION_S - (time.monotonic() - t_cut)))
-    assert _raylet_in(cluster, cut)  # cut off, not dead: its processes ran on
-    cluster.heal(cut)
-    t_heal = time.monotonic()
-    while _raylet_in(cluster, cut) and time.monotonic() - t_heal < 60:
-        time.sleep(0.5)
-    ended_s = time.monotonic() - t_heal
-    assert not _raylet_in(cluster, cut), f"w3's raylet still runs {ended_s:.0f} s after the link came back"
-    cluster.add_worker(cut)  # the node rejoins, as a new Ray node
-
-    out = _wait(proc, log, 240)
-    assert "state: SUCCEEDED" in out, out[-4000:]
-    sweep = _local_copy(fs, prefix, tmp_path / "copy")
-    was_hit = _nothing_lost(sweep, finished_before=finished_before, victim=victim, ckpt_at_fault=ckpt, hit=hit,
-                            ref=ref, ref_out=tmp_path / "ref")
-    print(f"{cut} cut off for {t_heal - t_cut:.0f} s (trial {victim} at {ckpt} tasks checkpointed, trials hit "
-          f"{sorted(was_hit)}); its raylet ended itself {ended_s:.0f} s after the link came back; "
-          f"{time.monotonic() - t0:.0f} s in all")
-
-
-#: seconds a partition lasts: three times the test's node-death timeout (HEALTH)
-PARTITION_S = 21.0
 
 
 # --------------------------------------------------------------------------- the head lost
@@ -465,8 +482,7 @@ def test_the_head_lost_a_fresh_head_resumes_the_sweep_from_the_bucket(cloud, tmp
     t_done = time.monotonic()
     assert "state: SUCCEEDED" in out, out[-4000:]
     sweep = _local_copy(fs, prefix, tmp_path / "copy")
-    _nothing_lost(sweep, finished_before=finished_before, victim=victim, ckpt_at_fault=ckpt, hit=hit, ref=ref,
-                  ref_out=tmp_path / "ref")
+    _nothing_lost(sweep, [Fault("the head lost", hit, finished_before, victim, ckpt)], {victim: (ref, tmp_path / "ref")})
     print(f"head lost with {len(finished_before)} trial(s) finished and {victim} at {ckpt} tasks checkpointed, "
           f"{t_lost - t0:.0f} s into the sweep: `pah launch ray` said so {lost_s:.0f} s later; a fresh head up in "
           f"{t_workers - t_head:.0f} s, {len(workers)} worker(s) in {t_relaunch - t_workers:.0f} s; the sweep resumed "
