@@ -400,8 +400,9 @@ def test_a_worker_lost_a_node_joining_and_a_worker_partitioned_in_one_sweep(clou
     nodes = Counter(r["env"].get("node_ip") for r in results.values())
     assert set(nodes) <= {cluster.workers["w1"], cluster.workers[lost], joined, replacement}, nodes  # none on the head
     assert not hit_cut & {tid for tid, r in results.items() if r["env"]["node_ip"] == joined}  # none ended on w3
-    # once healed, w3 learns that Ray declared it dead and ends its own processes
-    while _raylet_in(cluster, cut) and time.monotonic() - t_heal < 60:
+    # once healed, w3 learns that Ray declared it dead and ends its own processes (19 to 46 s after the heal
+    # in the runs so far, the slowest under load)
+    while _raylet_in(cluster, cut) and time.monotonic() - t_heal < RAYLET_ENDS_S:
         time.sleep(0.5)
     ended_s = time.monotonic() - t_heal
     assert not _raylet_in(cluster, cut), f"{cut}'s raylet still runs {ended_s:.0f} s after the link came back"
@@ -409,6 +410,10 @@ def test_a_worker_lost_a_node_joining_and_a_worker_partitioned_in_one_sweep(clou
           f"later; {cut} cut off (trial {faults[1].victim} at {faults[1].ckpt} tasks checkpointed), declared dead "
           f"{dead_s:.0f} s later, healed after {t_heal - t_cut:.0f} s, its raylet ended itself {ended_s:.0f} s after "
           f"that; trials per node {dict(nodes)}; {time.monotonic() - t0:.0f} s in all")
+
+
+#: seconds a healed node's raylet has to end itself once Ray has declared the node dead
+RAYLET_ENDS_S = 90
 
 
 def _cont(pid: int) -> None:
