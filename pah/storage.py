@@ -30,7 +30,8 @@ from typing import Any
 from pah.errors import UserError
 
 __all__ = ["is_uri", "join", "check", "resolve", "download", "upload", "exists", "staging_dir", "scratch_dir",
-           "remote_of", "mark_staging", "fill_missing_checkpoints_at", "Mirror", "SKIP_DIRS"]
+           "remote_of", "mark_staging", "fill_missing_checkpoints_at", "Mirror", "SKIP_DIRS",
+           "download_newest"]
 
 #: what a staging copy or `pah analyze` never downloads: Tune's own dir and the task checkpoints
 SKIP_DIRS = ("tune", "checkpoint")
@@ -206,6 +207,32 @@ def read_bytes(uri: str) -> bytes | None:
         return None
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+def download_newest(uri: str, local: Path, prefix: str) -> Path | None:
+    """The newest (by name) file directly under folder ``uri`` whose name starts with ``prefix`` (Tune's
+    ``experiment_state-<time>.json``), copied into ``local``; its local path, or None where there is none.
+    Retried while the storage cannot be reached, as ``download`` is."""
+    import pyarrow.fs as pafs
+
+    from pah.retry import retrying
+
+    def once() -> Path | None:
+        fs, root = resolve(uri)
+        infos = fs.get_file_info(pafs.FileSelector(root.rstrip("/"), recursive=False, allow_not_found=True))
+        names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(prefix))
+        if not names:
+            return None
+        data = read_bytes(join(uri, names[-1]))
+        if data is None:  # replaced by a newer one meanwhile
+            return None
+        local.mkdir(parents=True, exist_ok=True)
+        tmp = local / f".{names[-1]}.part"
+        tmp.write_bytes(data)
+        os.replace(tmp, local / names[-1])
+        return local / names[-1]
+
+    return retrying(once, f"storage {uri}", what="downloading")
 
 
 def write_bytes(uri: str, data: bytes) -> None:

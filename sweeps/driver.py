@@ -935,6 +935,8 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
     errored = [t for t in trials if t.status == "ERROR"]
     _record_errors(sweep_dir, phase, errored)
     if remote:
+        _snapshot_for_orphans(sweep_dir, f"{tune_root}/{phase}", phase)
+    if remote:
         _push(sweep_dir, "optuna.db", "wandb",
               *(str(p.relative_to(sweep_dir)) for name in ("stopped.json", "error.json")
                 for p in (sweep_dir / "trials" / phase).glob(f"*/{name}")))
@@ -1047,6 +1049,18 @@ def _base_line(spec: Spec, base: dict[str, Any] | None) -> str:
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _snapshot_for_orphans(sweep_dir: Path, exp_uri: str, phase: str) -> None:
+    """On object storage the staging copy holds none of Tune's snapshots, so a trial dir without an end
+    reads as unfinished (resumable) even where no restore knows it: one a lost head orphaned. Where some
+    trial dir has no end, Tune's newest snapshot is fetched beside the staging copy's other Tune files,
+    and the summary tells the orphans apart (``analysis.states``: known to the snapshot or not)."""
+    from analysis.states import TrialState, trial_status
+
+    trials = sweep_dir / "trials" / phase
+    if trials.is_dir() and any(trial_status(d).state is TrialState.UNFINISHED for d in trials.iterdir() if d.is_dir()):
+        storage_mod.download_newest(exp_uri, sweep_dir / "tune" / phase, "experiment_state-")
 
 
 def _ended(trial: Any, trials_dir: Path) -> bool:

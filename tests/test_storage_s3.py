@@ -582,3 +582,44 @@ def test_a_replaced_wandb_run_leaves_the_bucket_by_its_old_name(tmp_path, s3, mo
     assert storage.read_bytes(f"{uri}/wandb/replaced-run-20261202_185303-e877ed07/run-e877ed07.wandb") == b"rows"
     assert storage.read_bytes(other) == b"another trial's"  # nothing else
     _forget_in_bucket(str(tmp_path / "not-staging"), old)  # a sweep dir that mirrors no bucket: nothing to do
+
+
+def test_a_bucket_sweep_tells_the_trials_a_lost_head_orphaned_from_unfinished_ones(s3, tmp_path, monkeypatch):
+    """The driver's staging copy of a sweep on object storage holds none of Tune's snapshots. Where a trial dir
+    has no end there, the newest snapshot in the bucket is fetched (that one only), and the summary calls a
+    trial it does not know orphaned (started after the last snapshot of a head that was lost: no resume
+    continues it) and one it knows unfinished (resumable); where every trial ended, nothing is fetched."""
+    from analysis.sweep import phase_lines, sweep_trials
+    from sweeps.driver import _snapshot_for_orphans
+
+    endpoint, fs = s3
+    for k, v in _s3_env(endpoint).items():
+        if k.startswith("AWS_"):
+            monkeypatch.setenv(k, v)
+    exp = f"{BUCKET}/orphans/tune/search"
+    older, newest = "experiment_state-2026-12-03_10-00-00.json", "experiment_state-2026-12-03_10-05-00.json"
+    for name, ids in [(older, ["a1"]), (newest, ["a1", "b2"])]:
+        data = [[json.dumps({"trial_id": t}), json.dumps({})] for t in ids]
+        _put(fs, f"{exp}/{name}", json.dumps({"trial_data": data, "runner_data": {}, "stats": {}}).encode())
+
+    def staging(name: str, trials: dict[str, list[str]]) -> Path:
+        d = tmp_path / name
+        (d / "sweep.json").parent.mkdir(parents=True)
+        (d / "sweep.json").write_text("{}")
+        for tid, files in trials.items():
+            (d / "trials" / "search" / tid).mkdir(parents=True)
+            for f in files:
+                (d / "trials" / "search" / tid / f).write_text("{}")
+        return d
+
+    killed = staging("killed", {"a1": ["result.json"], "b2": ["params.json", "log.txt"], "c3": ["params.json", "log.txt"]})
+    assert "2 unfinished (killed, resumable)" in phase_lines(sweep_trials(killed))[0]
+    _snapshot_for_orphans(killed, f"s3://{exp}", "search")
+    assert sorted(p.name for p in (killed / "tune" / "search").iterdir()) == [newest]
+    lines = phase_lines(sweep_trials(killed))
+    assert "3 trial(s): 1 finished, 1 unfinished (killed, resumable), 1 orphaned" in lines[0], lines
+    assert any(ln.startswith("  orphaned: search/c3: ") for ln in lines), lines
+
+    ended = staging("ended", {"a1": ["result.json"], "b2": ["result.json"]})
+    _snapshot_for_orphans(ended, f"s3://{exp}", "search")
+    assert not (ended / "tune").exists()
