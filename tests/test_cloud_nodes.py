@@ -488,6 +488,9 @@ def test_the_head_lost_a_fresh_head_resumes_the_sweep_from_the_bucket(cloud, tmp
     out = _wait(_launch(cluster, spec, name, log2, request), log2, 240)
     t_done = time.monotonic()
     assert "state: SUCCEEDED" in out, out[-4000:]
+    # every trial ended: a dir left unfinished is one the lost head orphaned, and the summary says so
+    (trials_line,) = [ln for ln in out.splitlines() if re.match(r"\s*search: \d+ trial\(s\): ", ln)]
+    assert "unfinished" not in trials_line, trials_line
     sweep = _local_copy(fs, prefix, tmp_path / "copy")
     _nothing_lost(sweep, [Fault("the head lost", hit, finished_before, victim, ckpt)], {victim: (ref, tmp_path / "ref")})
     print(f"head lost with {len(finished_before)} trial(s) finished and {victim} at {ckpt} tasks checkpointed, "
