@@ -88,5 +88,14 @@ def test_config_id_ignores_seed_but_not_hyperparameters():
     assert config_id(a) == config_id(b) != config_id(c)
 
 
+def test_cuda_graph_is_the_default_and_not_part_of_config_id():
+    """How a step runs on CUDA is not what a config learns: seeds run with and without the graph
+    average together, and ids of runs made before the default changed (graph off) still match."""
+    on = load_config("split-digits-pah")
+    off = load_config("split-digits-pah", ["train.cuda_graph=false"])
+    assert on.train.cuda_graph and not off.train.cuda_graph
+    assert config_id(on) == config_id(off) == "549091ae492f"  # the id of this preset before 2026-12-04
+
+
 def test_parse_overrides_nests():
     assert parse_overrides(["a.b=1", "a.c=x", "d=true"]) == {"a": {"b": 1, "c": "x"}, "d": True}

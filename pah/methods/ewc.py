@@ -37,6 +37,10 @@ from pah.methods.finetune import Finetune
 #: per-sample gradients held at once, in floats (labels x samples x backbone parameters): 32 MiB.
 #: Larger chunks were no faster on CPU (2x400 MLP: memory traffic dominates), smaller ones slower
 FISHER_BUDGET = 1 << 23
+#: the same on CUDA: 1 GiB. With 32 MiB a ResNet-18's chunk is one sample, and online EWC's
+#: Fisher on 1,000 images outlasted a whole trial on an H200 (bench/RESULTS.md, 2026-12-04).
+#: CPU keeps the budget above, so its sums (and numerics) are what they were
+FISHER_BUDGET_CUDA = 1 << 28
 
 
 def per_sample_fisher(
@@ -45,14 +49,17 @@ def per_sample_fisher(
     x: torch.Tensor,
     y: torch.Tensor | None,
     *,
-    budget: int = FISHER_BUDGET,
+    budget: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sum over the samples of ``x`` of each one's squared log-likelihood gradient w.r.t. the
     backbone's parameters (by name), with the head ``(W, b)`` fixed.
 
     ``y`` given: the empirical Fisher (true labels). ``y`` None: the exact Fisher, every label
     weighted by the model's own probability of it. The backbone runs as it is (call it in eval
-    mode: a sample's output must not depend on the rest of its batch)."""
+    mode: a sample's output must not depend on the rest of its batch). ``budget``: floats of
+    per-sample gradients held at once (default: FISHER_BUDGET, FISHER_BUDGET_CUDA on CUDA)."""
+    if budget is None:
+        budget = FISHER_BUDGET_CUDA if x.device.type == "cuda" else FISHER_BUDGET
     params = {n: p.detach() for n, p in backbone.named_parameters()}
     buffers = {n: b for n, b in backbone.named_buffers()}
     W, b = (t.detach().float() for t in head)
