@@ -44,7 +44,10 @@ KEY_ID, SECRET = "AKIAPAHCLOUD00000000", "pah-cloud-secret-0123456789abcdef"
 # Ray's node-death detection, shortened for the test (docs/cloud.md): the GCS checks each raylet every
 # second and declares its node dead after 5 failed checks in a row (Ray's defaults: 3 s and 5, ~15-30 s)
 HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "2000",
-          "RAY_health_check_failure_threshold": "5"}
+          "RAY_health_check_failure_threshold": "5",
+          # and each raylet asks the GCS whether it is still alive every second (Ray's default: 5 s), so that a
+          # node back from a partition learns sooner that it was declared dead and ends its processes
+          "RAY_raylet_liveness_self_check_interval_ms": "1000"}
 TRAINED = re.compile(r"pid=(\d+) trained task (\d+)/(\d+)")
 STARTED = re.compile(r"pid=(\d+) start tasks_done=(\d+)")
 
@@ -134,9 +137,9 @@ def _wait(proc: subprocess.Popen, log: Path, timeout: float) -> str:
     return log.read_text()
 
 
-def _tiny_spec(path: Path, epochs: int) -> Path:
+def _tiny_spec(path: Path, epochs: int, trials: int = 4) -> Path:
     return _write_spec(path, set={"train.epochs_per_task": epochs}, space={"train.lr": {"loguniform": [0.001, 0.005]}},
-                       searcher="optuna-tpe", num_samples=4, scheduler="none", max_failures=2,
+                       searcher="optuna-tpe", num_samples=trials, scheduler="none", max_failures=2,
                        wandb={"mode": "offline"})
 
 
@@ -453,7 +456,9 @@ def test_the_head_lost_a_fresh_head_resumes_the_sweep_from_the_bucket(cloud, tmp
     name = "headless"
     prefix = f"{BUCKET}/sweeps/{name}"
     log = tmp_path / "out.txt"
-    spec = _tiny_spec(tmp_path / f"{name}.yaml", epochs=epochs)
+    # 3 trials on 2 one-CPU workers: one finishes while the next runs beside the victim, and what the
+    # resume has left to train fits one round of the two workers
+    spec = _tiny_spec(tmp_path / f"{name}.yaml", epochs=epochs, trials=3)
     proc = _launch(cluster, spec, name, log, request, env={"PAH_LOST_CLUSTER_S": str(LOST_S)})
     # a trial the restore can continue: one finished, and the victim named in the experiment state in the bucket
     # (a trial started after the last snapshot reached the bucket is orphaned by the restore: docs/cloud.md)
@@ -492,7 +497,8 @@ def test_the_head_lost_a_fresh_head_resumes_the_sweep_from_the_bucket(cloud, tmp
     (trials_line,) = [ln for ln in out.splitlines() if re.match(r"\s*search: \d+ trial\(s\): ", ln)]
     assert "unfinished" not in trials_line, trials_line
     sweep = _local_copy(fs, prefix, tmp_path / "copy")
-    _nothing_lost(sweep, [Fault("the head lost", hit, finished_before, victim, ckpt)], {victim: (ref, tmp_path / "ref")})
+    _nothing_lost(sweep, [Fault("the head lost", hit, finished_before, victim, ckpt)], {victim: (ref, tmp_path / "ref")},
+                  n=3)
     print(f"head lost with {len(finished_before)} trial(s) finished and {victim} at {ckpt} tasks checkpointed, "
           f"{t_lost - t0:.0f} s into the sweep: `pah launch ray` said so {lost_s:.0f} s later; a fresh head up in "
           f"{t_workers - t_head:.0f} s, {len(workers)} worker(s) in {t_relaunch - t_workers:.0f} s; the sweep resumed "
@@ -505,7 +511,7 @@ def _in_snapshot(fs, prefix: str, files: list[str], tid: str) -> bool:
 
 
 #: seconds `pah launch ray` waits for a silent cluster before it reports it lost (PAH_LOST_CLUSTER_S)
-LOST_S = 8
+LOST_S = 5
 
 
 # --------------------------------------------------------------------------- a node that cannot reach the bucket
