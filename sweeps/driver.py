@@ -803,6 +803,7 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
         new_trials_where_restored,
         pace_tune_snapshots,
         repair,
+        restored_trials_keep_their_json,
         saves_wait_for_room,
     )
     from sweeps.trainable import make_trainable, trial_dirname
@@ -848,6 +849,7 @@ def _run_phase(sweep_dir: Path, spec: Spec, state: dict[str, Any], phase: str, p
     # Nothing Tune saved binds the sweep to where it was: Tune takes the storage path from restore_path,
     # the new trials' from new_trials_where_restored, the trainable is given again, and so are the callbacks.
     new_trials_where_restored()
+    restored_trials_keep_their_json()
     restorable = tune.Tuner.can_restore(restore_path)
     rebuild = restorable and not remote and _tuner_pkl_damaged(exp_path, phase)
     if restorable and not rebuild:
@@ -996,11 +998,12 @@ def _relocated(callbacks: list[Any] | None, spec: Spec, sweep_dir: Path, exp_pat
     """The callbacks a restored Tuner unpickled, made this sweep dir's: the progress line and the snapshot
     guard keep their settings with the paths of where the sweep is now; the uploads and the W&B callback
     (stateless until the phase starts) are built again here, so W&B runs go to this sweep's wandb/."""
-    from ray.air.integrations.wandb import WandbLoggerCallback
-
     from sweeps.progress import ConciseProgress
     from sweeps.snapshot import SnapshotGuard
 
+    # a W&B callback unpickled has its module imported already; importing it otherwise costs 0.8 s (wandb)
+    wandb_mod = sys.modules.get("ray.air.integrations.wandb")
+    WandbLoggerCallback = wandb_mod.WandbLoggerCallback if wandb_mod else ()
     out: list[Any] = []
     for cb in callbacks or []:
         if isinstance(cb, ConciseProgress):

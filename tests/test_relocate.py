@@ -175,3 +175,51 @@ def test_new_trials_of_a_restored_search_take_its_current_storage(tmp_path):
         trial = alg.next_trial()
         assert trial.storage.storage_fs_path == str(tmp_path / "new" / "tune"), type(alg)
         assert trial.storage.experiment_dir_name == "search"
+
+
+@pytest.mark.slow
+def test_a_restored_trial_keeps_its_metadata_json_unless_its_storage_moved(tmp_path):
+    """What Trial.restore_run_metadata and Trial.set_storage get patched with: a restored trial's metadata
+    JSON is the one it was restored from (no re-encoding of every trial at the first snapshot), and
+    pointing the trial at a new place re-encodes its checkpoints' new paths, as Ray does unpatched."""
+    import ray
+    from ray import tune
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment.trial import Trial
+
+    from sweeps.snapshot import restored_trials_keep_their_json
+
+    assert restored_trials_keep_their_json()
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        tune.register_trainable("pah_relocate_probe", lambda config: None)
+        old = StorageContext(storage_path=str(tmp_path / "old"), experiment_dir_name="search", trial_dir_name="t0")
+        trial = Trial("pah_relocate_probe", config={"lr": 0.1}, storage=old,
+                      placement_group_factory=tune.PlacementGroupFactory([{"CPU": 1}]))
+        trial.create_placement_group_factory()  # as TuneController.add_trial does
+        ckpt = Checkpoint(path=f"{old.trial_fs_path}/checkpoint_000000")
+        trial.run_metadata.checkpoint_manager.register_checkpoint(_TrainingResult(checkpoint=ckpt, metrics={"x": 1}))
+        trial.run_metadata.last_result = {"val_avg_acc": 0.5}
+        state, meta = trial.get_json_state()
+
+        restored = Trial.from_json_state(state)
+        restored.restore_run_metadata(meta)
+        assert restored.run_metadata._cached_json == meta
+        restored.run_metadata.invalidate_cache()  # what Ray would encode: the same string
+        assert restored.run_metadata.get_json_state() == meta
+
+        again = Trial.from_json_state(state)
+        again.restore_run_metadata(meta)
+        same = StorageContext(storage_path=str(tmp_path / "old"), experiment_dir_name="search", trial_dir_name="t0")
+        again.set_storage(same)  # where it was: the cache stays
+        assert again.run_metadata._cached_json == meta
+        moved = StorageContext(storage_path=str(tmp_path / "new"), experiment_dir_name="search", trial_dir_name="t0")
+        again.set_storage(moved)  # moved: its checkpoint's new path is what the next snapshot writes
+        new_meta = again.get_json_state()[1]
+        assert new_meta != meta and str(tmp_path / "old") not in new_meta, new_meta[:500]
+        assert again.run_metadata.checkpoint_manager.latest_checkpoint_result.checkpoint.path.startswith(
+            str(tmp_path / "new"))
+    finally:
+        ray.shutdown()
